@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONSTRAINTS := requirements/constraints.txt
+DEMO_DIR ?= runs/demo
+
+.PHONY: demo test bench install clean
+
+install: $(STAMP)
+
+# torch and torchvision are pinned (see docs/install.md); the constraints file pins everything else
+# to the versions the suite was last run with.
+$(STAMP): setup.py $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=23"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m twist.cli.train --config configs/demo/digits.yaml --output-dir $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) bench/step_overhead.py
+
+clean:
+	rm -rf $(VENV) runs

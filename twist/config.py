@@ -1,0 +1,283 @@
+"""Run configuration: YAML files over typed defaults, dotted command-line overrides, strict checks.
+
+Every key a run may set is declared in ``DEFAULTS`` below; its default's type is the key's type.
+A key that is not declared is an error naming the closest declared one, so a misspelt option can
+never be silently ignored. ``CHOICES`` and ``RANGES`` narrow the allowed values further.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import tempfile
+from typing import Any
+
+import yaml
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "device": "auto",
+    "model": {
+        "backbone": "resnet50",
+        # 3x3 stride-1 first conv and no max-pool: keeps spatial detail for inputs of 64 px or less.
+        "small_input": False,
+        "drop_path_rate": 0.0,
+        "head": {
+            "hidden_dim": 4096,
+            "num_classes": 4096,
+            "norm": "bn",
+            "activation": "relu",
+            "dropout": 0.0,
+            # Non-affine batch norm on the logits before the softmax ("NBS").
+            "nbs": True,
+            # "auto" is trunc-normal(0.02) for ViT backbones and PyTorch's default otherwise.
+            "init": "auto",
+        },
+    },
+    "loss": {
+        "lam1": 0.0,
+        "lam2": 1.0,
+        "tau": 1.0,
+        "eps": 1.0e-5,
+    },
+    "data": {
+        "dataset": "folder",
+        "path": "",
+        "image_size": 224,
+        "num_samples": 512,
+        "num_classes": 10,
+        "num_workers": 8,
+        "pin_memory": True,
+        "persistent_workers": False,
+        "skip_corrupt": False,
+    },
+    "augment": {
+        "pipeline": "barlow",
+        "crop_scale": [0.08, 1.0],
+        "hflip": 0.5,
+        "color_jitter": 0.8,
+        "grayscale": 0.2,
+        "blur": [1.0, 0.1],
+        "solarize": [0.0, 0.2],
+        "rotation": 0.0,
+    },
+    "optim": {
+        "name": "lars",
+        "lr": 0.5,
+        "bias_lr_ratio": 1.0,
+        "warmup_epochs": 10,
+        "final_lr_ratio": 0.001,
+        "weight_decay": 1.5e-6,
+        "weight_decay_end": 1.5e-6,
+        "exclude_bias_and_norm": True,
+        "momentum": 0.9,
+        "lars_eta": 0.001,
+        "clip_grad_norm": 0.0,
+    },
+    "train": {
+        "epochs": 800,
+        "batch_size": 256,
+        "precision": "fp32",
+        "log_every": 10,
+        "checkpoint_every": 0,
+        "progress_bar": True,
+    },
+    "eval": {
+        "enabled": False,
+        "batch_size": 256,
+        "kmeans_baseline": False,
+    },
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "device": ("auto", "cpu", "cuda"),
+    "model.backbone": (
+        "resnet18", "resnet34", "resnet50", "resnet50w2", "resnet50w4", "deit_small", "vit_base",
+    ),
+    "model.head.norm": ("bn", "ln", "none"),
+    "model.head.activation": ("relu", "gelu"),
+    "model.head.init": ("auto", "default", "trunc_normal"),
+    "data.dataset": ("folder", "digits", "synthetic"),
+    "augment.pipeline": ("barlow", "small_gray"),
+    "optim.name": ("lars", "sgd", "adamw"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+}
+
+# (low, high): inclusive bounds; None means unbounded on that side.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "model.drop_path_rate": (0.0, 1.0),
+    "model.head.hidden_dim": (1, None),
+    "model.head.num_classes": (2, None),
+    "model.head.dropout": (0.0, 1.0),
+    "loss.tau": (1e-6, None),
+    "loss.eps": (0.0, 1.0),
+    "data.image_size": (8, None),
+    "data.num_samples": (1, None),
+    "data.num_classes": (1, None),
+    "data.num_workers": (0, None),
+    "augment.hflip": (0.0, 1.0),
+    "augment.color_jitter": (0.0, 1.0),
+    "augment.grayscale": (0.0, 1.0),
+    "augment.rotation": (0.0, 180.0),
+    "optim.lr": (0.0, None),
+    "optim.bias_lr_ratio": (0.0, None),
+    "optim.warmup_epochs": (0, None),
+    "optim.final_lr_ratio": (0.0, 1.0),
+    "optim.weight_decay": (0.0, None),
+    "optim.weight_decay_end": (0.0, None),
+    "optim.momentum": (0.0, 1.0),
+    "optim.lars_eta": (0.0, None),
+    "optim.clip_grad_norm": (0.0, None),
+    "train.epochs": (1, None),
+    "train.batch_size": (2, None),
+    "train.log_every": (1, None),
+    "train.checkpoint_every": (0, None),
+    "eval.batch_size": (1, None),
+}
+
+# Lists of probabilities with a fixed length: (length, low, high).
+LIST_SHAPES: dict[str, tuple[int, float, float]] = {
+    "augment.crop_scale": (2, 0.0, 1.0),
+    "augment.blur": (2, 0.0, 1.0),
+    "augment.solarize": (2, 0.0, 1.0),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the declared schema."""
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+_DEFAULT_LEAVES = _flatten(DEFAULTS)
+_DEFAULT_SECTIONS = {k.rsplit(".", 1)[0] for k in _DEFAULT_LEAVES if "." in k}
+
+
+def _unknown_key(path: str, source: str) -> ConfigError:
+    candidates = list(_DEFAULT_LEAVES) + sorted(_DEFAULT_SECTIONS)
+    close = difflib.get_close_matches(path, candidates, n=1, cutoff=0.6)
+    if not close:  # the right leaf name under the wrong section, e.g. 'train.lr' for 'optim.lr'
+        leaf = path.rsplit(".", 1)[-1]
+        by_leaf = {c.rsplit(".", 1)[-1]: c for c in candidates}
+        close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)]
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"{source}: unknown config key '{path}'{hint}")
+
+
+def _check_value(path: str, value: Any, source: str) -> Any:
+    """Return ``value`` converted to the declared type of ``path``, or raise ConfigError."""
+    default = _DEFAULT_LEAVES[path]
+    expected = type(default)
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: '{path}' must be true or false, got {value!r}")
+    elif expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: '{path}' must be an integer, got {value!r}")
+    elif expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: '{path}' must be a number, got {value!r}")
+        value = float(value)
+    elif expected is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: '{path}' must be a string, got {value!r}")
+    elif expected is list:
+        length, low, high = LIST_SHAPES[path]
+        if (not isinstance(value, (list, tuple)) or len(value) != length
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise ConfigError(f"{source}: '{path}' must be a list of {length} numbers, got {value!r}")
+        value = [float(v) for v in value]
+        if not all(low <= v <= high for v in value):
+            raise ConfigError(f"{source}: '{path}' values must lie in [{low}, {high}], got {value!r}")
+    if path in CHOICES and value not in CHOICES[path]:
+        raise ConfigError(f"{source}: '{path}' must be one of {', '.join(CHOICES[path])}; got {value!r}")
+    if path in RANGES:
+        low, high = RANGES[path]
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            raise ConfigError(f"{source}: '{path}' must lie in {bounds}, got {value!r}")
+    return value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], source: str, prefix: str = "") -> None:
+    if not isinstance(update, dict):
+        raise ConfigError(f"{source}: expected a mapping at '{prefix.rstrip('.') or '<top>'}', got {update!r}")
+    for key, value in update.items():
+        path = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in base:
+            raise _unknown_key(path, source)
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{path}' is a section; expected a mapping, got {value!r}")
+            _merge(base[key], value, source, path + ".")
+        else:
+            base[key] = _check_value(path, value, source)
+
+
+def _check_consistency(cfg: dict[str, Any], source: str) -> None:
+    low, high = cfg["augment"]["crop_scale"]
+    if low > high:
+        raise ConfigError(f"{source}: 'augment.crop_scale' must be [low, high] with low <= high, got {[low, high]}")
+    if cfg["data"]["dataset"] == "folder" and not cfg["data"]["path"]:
+        raise ConfigError(f"{source}: 'data.path' must name an image folder when data.dataset is 'folder'")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``a.b.c=value``; the value is read as YAML, so ``0.1``, ``true`` and ``[1, 2]`` are typed."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like dotted.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({err})") from None
+    return key.strip(), value
+
+
+def _nest(path: str, value: Any) -> dict[str, Any]:
+    tree: dict[str, Any] = value
+    for part in reversed(path.split(".")):
+        tree = {part: tree}
+    return tree
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Defaults, then the YAML file at ``path``, then each ``dotted.key=value`` override, checked."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file '{path}' does not exist")
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = yaml.safe_load(f)
+            except yaml.YAMLError as err:
+                raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        _merge(cfg, data or {}, path)
+    for text in overrides:
+        key, value = parse_override(text)
+        _merge(cfg, _nest(key, value), f"override '{text}'")
+    _check_consistency(cfg, path or "config")
+    return cfg
+
+
+def save_config(cfg: dict[str, Any], path: str) -> None:
+    """Write the resolved config as YAML, atomically."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yaml.safe_dump(cfg, f, sort_keys=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,175 @@
+"""Image sources (folder, digits, synthetic) and the wrappers that turn them into training views.
+
+A source yields ``(PIL image, label)`` by index. ``ViewsDataset`` augments a source into views with
+randomness seeded from (seed, epoch, index); ``EvalDataset`` applies a deterministic transform.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DatasetError(RuntimeError):
+    """A dataset that is missing, empty or laid out differently from what was documented."""
+
+
+class CorruptImageError(RuntimeError):
+    """An image file that exists but cannot be decoded."""
+
+
+class ImageFolderSource:
+    """``root/<class>/<image>`` with classes numbered in sorted order, as torchvision's ImageFolder."""
+
+    def __init__(self, root: str):
+        if not os.path.isdir(root):
+            raise DatasetError(f"image folder '{root}' does not exist or is not a directory")
+        self.root = root
+        self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        if not self.classes:
+            raise DatasetError(f"image folder '{root}' has no class sub-folders (expected {root}/<class>/<image>)")
+        self.samples: list[tuple[str, int]] = []
+        for label, name in enumerate(self.classes):
+            class_dir = os.path.join(root, name)
+            for dirpath, _, files in sorted(os.walk(class_dir, followlinks=True)):
+                for file in sorted(files):
+                    if file.lower().endswith(IMAGE_EXTENSIONS):
+                        self.samples.append((os.path.join(dirpath, file), label))
+        if not self.samples:
+            raise DatasetError(f"image folder '{root}' has class folders but no images with extensions "
+                               f"{', '.join(IMAGE_EXTENSIONS)}")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB"), label
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            raise CorruptImageError(f"cannot read image '{path}': {err}") from None
+
+
+class DigitsSource:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), as 8-bit grayscale."""
+
+    classes = [str(d) for d in range(10)]
+
+    def __init__(self):
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        # Pixel values are 0..16; spread them over 0..255.
+        self.images = np.clip(np.round(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+        self.labels = digits.target.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.images[index], mode="L"), int(self.labels[index])
+
+
+class SyntheticSource:
+    """Small RGB images of class-specific coloured blobs plus noise, made from a seed; for tests."""
+
+    def __init__(self, num_samples: int, num_classes: int, image_size: int, seed: int = 0):
+        self.classes = [f"class_{c}" for c in range(num_classes)]
+        rng = np.random.default_rng(seed)
+        self.labels = rng.integers(0, num_classes, size=num_samples)
+        centres = rng.uniform(0.2, 0.8, size=(num_classes, 2))
+        colours = rng.uniform(0, 255, size=(num_classes, 3))
+        yy, xx = np.mgrid[0:image_size, 0:image_size] / image_size
+        self.images = np.empty((num_samples, image_size, image_size, 3), dtype=np.uint8)
+        for i, label in enumerate(self.labels):
+            cy, cx = centres[label] + rng.normal(0, 0.05, size=2)
+            blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.02)[..., None]
+            img = blob * colours[label] + (1 - blob) * 40 + rng.normal(0, 10, size=(image_size, image_size, 3))
+            self.images[i] = np.clip(img, 0, 255).astype(np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.images[index], mode="RGB"), int(self.labels[index])
+
+
+def build_source(cfg: dict[str, Any], split: str = "train"):
+    """The image source of ``cfg['data']``; a folder dataset reads ``<path>/train`` or ``<path>/val``."""
+    data = cfg["data"]
+    if data["dataset"] == "folder":
+        root = os.path.join(data["path"], split)
+        if not os.path.isdir(root):
+            raise DatasetError(f"image folder '{root}' does not exist; data.path must hold "
+                               f"train/<class>/<image> and val/<class>/<image> (ImageNet layout)")
+        return ImageFolderSource(root)
+    if data["dataset"] == "digits":
+        return DigitsSource()
+    if data["dataset"] == "synthetic":
+        return SyntheticSource(data["num_samples"], data["num_classes"], data["image_size"], seed=cfg["seed"])
+    raise DatasetError(f"unknown data.dataset '{data['dataset']}'")
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class ViewsDataset(torch.utils.data.Dataset):
+    """Training items ``(views, label, index)``, keyed by ``(epoch, index)`` from ``EpochSampler``.
+
+    The epoch travels with the key rather than living on the dataset so that persistent workers
+    see it too. A corrupt image raises, or gives ``None`` (dropped and counted by the collate
+    function) when ``skip_corrupt`` is set.
+    """
+
+    def __init__(self, source, transform: Callable[[Image.Image], list[torch.Tensor]], seed: int,
+                 skip_corrupt: bool = False):
+        self.source, self.transform, self.seed, self.skip_corrupt = source, transform, seed, skip_corrupt
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        try:
+            img, label = self.source.load(index)
+        except CorruptImageError:
+            if self.skip_corrupt:
+                return None
+            raise
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            views = self.transform(img)
+        return views, label, index
+
+
+class EvalDataset(torch.utils.data.Dataset):
+    """Evaluation items ``(image, label, index)`` under a deterministic transform."""
+
+    def __init__(self, source, transform: Callable[[Image.Image], torch.Tensor]):
+        self.source, self.transform = source, transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        img, label = self.source.load(index)
+        return self.transform(img), label, index
+
+
+def collate_views(items: list):
+    """Stack views per position; drop skipped (``None``) items and report how many were dropped."""
+    kept = [item for item in items if item is not None]
+    if not kept:
+        return None
+    num_views = len(kept[0][0])
+    views = [torch.stack([item[0][v] for item in kept]) for v in range(num_views)]
+    labels = torch.tensor([item[1] for item in kept])
+    indices = torch.tensor([item[2] for item in kept])
+    return views, labels, indices, len(items) - len(kept)

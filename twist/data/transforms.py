@@ -1,0 +1,110 @@
+"""Augmentation pipelines. Each training pipeline maps one image to a list of views.
+
+All randomness comes from torch's global generator, which the dataset seeds per sample from
+(run seed, epoch, index): the views of a sample are the same whatever the number of workers, and
+a resumed run sees exactly the views an uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from PIL import Image, ImageFilter, ImageOps
+from torchvision import transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class RandomGaussianBlur:
+    """PIL Gaussian blur with radius drawn from U(sigma_min, sigma_max), applied with probability p."""
+
+    def __init__(self, p: float, sigma_min: float = 0.1, sigma_max: float = 2.0):
+        self.p, self.sigma_min, self.sigma_max = p, sigma_min, sigma_max
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if self.p <= 0 or torch.rand(()).item() >= self.p:
+            return img
+        radius = self.sigma_min + (self.sigma_max - self.sigma_min) * torch.rand(()).item()
+        return img.filter(ImageFilter.GaussianBlur(radius=radius))
+
+
+class RandomSolarize:
+    """Invert pixels above 128 with probability p."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if self.p <= 0 or torch.rand(()).item() >= self.p:
+            return img
+        return ImageOps.solarize(img, threshold=128)
+
+
+class ToThreeChannels:
+    """Repeat a one-channel tensor to three, so grayscale data fits the standard RGB stems."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.expand(3, -1, -1) if x.shape[0] == 1 else x
+
+
+class MultiView:
+    """Applies one pipeline per view and returns the list of views."""
+
+    def __init__(self, pipelines: list[Callable[[Image.Image], torch.Tensor]]):
+        self.pipelines = pipelines
+
+    def __call__(self, img: Image.Image) -> list[torch.Tensor]:
+        return [pipeline(img) for pipeline in self.pipelines]
+
+
+def _barlow_view(size: int, scale: tuple[float, float], aug: dict[str, Any], view: int) -> T.Compose:
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(aug["hflip"]),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=aug["color_jitter"]),
+        T.RandomGrayscale(aug["grayscale"]),
+        RandomGaussianBlur(aug["blur"][view]),
+        RandomSolarize(aug["solarize"][view]),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def _small_gray_view(size: int, scale: tuple[float, float], aug: dict[str, Any], view: int) -> T.Compose:
+    # Digits-like data: no hue or saturation to jitter, and small blur radii (the images are tiny).
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=scale, ratio=(0.8, 1.25), interpolation=T.InterpolationMode.BILINEAR),
+        T.RandomHorizontalFlip(aug["hflip"]),
+        T.RandomRotation(aug["rotation"], interpolation=T.InterpolationMode.BILINEAR),
+        T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4)], p=aug["color_jitter"]),
+        RandomGaussianBlur(aug["blur"][view], sigma_min=0.1, sigma_max=0.1 + size / 32),
+        RandomSolarize(aug["solarize"][view]),
+        T.ToTensor(),
+        ToThreeChannels(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+_VIEW_BUILDERS = {"barlow": _barlow_view, "small_gray": _small_gray_view}
+
+
+def build_two_view_transform(cfg: dict[str, Any]) -> MultiView:
+    """The asymmetric two-view pipeline: view 1 and view 2 differ in blur and solarisation."""
+    aug, size = cfg["augment"], cfg["data"]["image_size"]
+    scale = tuple(aug["crop_scale"])
+    builder = _VIEW_BUILDERS[aug["pipeline"]]
+    return MultiView([builder(size, scale, aug, view) for view in (0, 1)])
+
+
+def build_eval_transform(cfg: dict[str, Any]) -> T.Compose:
+    size = cfg["data"]["image_size"]
+    if cfg["augment"]["pipeline"] == "small_gray":
+        return T.Compose([
+            T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR),
+            T.ToTensor(), ToThreeChannels(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+    return T.Compose([
+        T.Resize(int(round(size * 256 / 224)), interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])

@@ -1,0 +1,63 @@
+"""Where a run reports: a JSON-lines log, TensorBoard scalars and a training-curve plot."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+class RunLog:
+    """Appends one JSON object per line to ``log.jsonl`` and mirrors numbers to TensorBoard."""
+
+    def __init__(self, output_dir: str, tensorboard: bool = True):
+        self.path = os.path.join(output_dir, "log.jsonl")
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=os.path.join(output_dir, "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._writer is not None and "step" in record:
+            prefix = record.get("kind", "train")
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "epoch"):
+                    self._writer.add_scalar(f"{prefix}/{key}", value, record["step"])
+            self._writer.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._writer is not None:
+            self._writer.close()
+
+
+def read_log(path: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_training_curves(log_path: str, out_path: str) -> None:
+    """Loss and its three terms against the step, from the step records of ``log.jsonl``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in read_log(log_path) if r.get("kind") == "train"]
+    keys = [("loss", "loss"), ("consistency", "consistency (KL)"), ("sharpness", "sharpness (mean entropy)"),
+            ("diversity", "diversity (entropy of mean)")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    steps = [r["step"] for r in records]
+    for ax, (key, title) in zip(axes, keys):
+        ax.plot(steps, [r[key] for r in records])
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out_path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out_path)

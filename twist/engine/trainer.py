@@ -88,6 +88,17 @@ def save_checkpoint(path: str, model, optimizer, scaler, step: int, epoch: int, 
     }, path)
 
 
+def optimizer_step(loss: torch.Tensor, model, optimizer, scaler: torch.amp.GradScaler, clip_grad_norm: float) -> None:
+    """Backward, optional clipping of the global gradient norm, step; the same in every precision."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad_norm > 0:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm import tqdm
 
@@ -148,13 +159,7 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(views)
             terms = criterion(logits)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(terms["loss"]).backward()
-            if cfg["optim"]["clip_grad_norm"] > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["optim"]["clip_grad_norm"])
-            scaler.step(optimizer)
-            scaler.update()
+            optimizer_step(terms["loss"], model, optimizer, scaler, cfg["optim"]["clip_grad_norm"])
             step += 1
             window_images += views[0].shape[0]
             bar.update(1)

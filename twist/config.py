@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 import tempfile
 from typing import Any
 
@@ -143,6 +144,21 @@ LIST_SHAPES: dict[str, tuple[int, float, float]] = {
 }
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; users mean a number, as in YAML 1.2."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"""),
+    list("-+0123456789"),
+)
+
+
+def _read_yaml(text_or_stream):
+    return yaml.load(text_or_stream, Loader=_Loader)
+
+
 class ConfigError(ValueError):
     """A configuration file or override that does not fit the declared schema."""
 
@@ -237,7 +253,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{text}' must look like dotted.key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override '{text}': value is not valid YAML ({err})") from None
     return key.strip(), value
@@ -258,7 +274,7 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"config file '{path}' does not exist")
         with open(path, encoding="utf-8") as f:
             try:
-                data = yaml.safe_load(f)
+                data = _read_yaml(f)
             except yaml.YAMLError as err:
                 raise ConfigError(f"{path}: not valid YAML ({err})") from None
         _merge(cfg, data or {}, path)

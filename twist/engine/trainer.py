@@ -64,7 +64,10 @@ def build_train_loader(cfg: dict[str, Any], device: torch.device) -> tuple[DataL
     workers = data["num_workers"]
     loader = DataLoader(dataset, batch_size=cfg["train"]["batch_size"], sampler=sampler, num_workers=workers,
                         collate_fn=collate_views, pin_memory=data["pin_memory"] and device.type == "cuda",
-                        persistent_workers=data["persistent_workers"] and workers > 0, drop_last=True)
+                        persistent_workers=data["persistent_workers"] and workers > 0, drop_last=True,
+                        # Its own generator: creating an iterator then draws no number from the global
+                        # stream, which the model's dropout uses and a resumed run restores.
+                        generator=torch.Generator().manual_seed(cfg["seed"]))
     return loader, sampler
 
 

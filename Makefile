@@ -10,7 +10,7 @@ DEMO_DIR ?= runs/demo
 
 install: $(STAMP)
 
-# torch and torchvision are pinned (see docs/install.md); the constraints file pins everything else
+# torch and torchvision are pinned (the registry CUDA build, which also runs on CPU); the constraints file pins everything else
 # to the versions the suite was last run with.
 $(STAMP): setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)

@@ -10,10 +10,11 @@ import copy
 import difflib
 import os
 import re
-import tempfile
 from typing import Any
 
 import yaml
+
+from twist.atomic import atomic_write
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -287,13 +288,4 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
 
 def save_config(cfg: dict[str, Any], path: str) -> None:
     """Write the resolved config as YAML, atomically."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yaml.safe_dump(cfg, f, sort_keys=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: yaml.safe_dump(cfg, f, sort_keys=False), binary=False)

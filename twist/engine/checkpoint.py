@@ -4,11 +4,12 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from typing import Any
 
 import torch
+
+from twist.atomic import atomic_write
 
 
 class CheckpointError(RuntimeError):
@@ -16,22 +17,8 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """Save to a temporary file in the same directory, flush it to disk, then rename over ``path``.
-
-    A crash at any point leaves either the previous file or the new one, never a partial file.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` through a temporary file and a rename: a crash never leaves a partial checkpoint."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_weights_only(path: str) -> Any:

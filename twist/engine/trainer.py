@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from twist.atomic import atomic_write
 from twist.config import ConfigError, save_config
 from twist.data import (EpochSampler, EvalDataset, ViewsDataset, build_eval_transform, build_source,
                         build_two_view_transform, collate_views)
@@ -195,19 +196,11 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
     if step >= total_steps and cfg["eval"]["enabled"]:
         metrics = evaluate_clusters(model, build_eval_loader(cfg), device, cfg["model"]["head"]["num_classes"],
                                     cfg["seed"], amp_dtype, kmeans=cfg["eval"]["kmeans_baseline"])
-        write_json_atomic(metrics, os.path.join(output_dir, "metrics.json"))
+        atomic_write(os.path.join(output_dir, "metrics.json"), lambda f: json.dump(metrics, f, indent=2),
+                     binary=False)
         log.write({"kind": "eval", "step": step, **{k: v for k, v in metrics.items() if k != "baseline"}})
         result["metrics"] = metrics
     log.close()
     if step >= total_steps:
         plot_training_curves(log.path, os.path.join(output_dir, "training_curves.png"))
     return result
-
-
-def write_json_atomic(obj: Any, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -180,10 +180,14 @@ _DEFAULT_SECTIONS = {k.rsplit(".", 1)[0] for k in _DEFAULT_LEAVES if "." in k}
 
 
 def _unknown_key(path: str, source: str) -> ConfigError:
-    candidates = list(_DEFAULT_LEAVES) + sorted(_DEFAULT_SECTIONS)
-    close = difflib.get_close_matches(path, candidates, n=1, cutoff=0.6)
-    if not close:  # the right leaf name under the wrong section, e.g. 'train.lr' for 'optim.lr'
-        leaf = path.rsplit(".", 1)[-1]
+    # Never suggest a section the key already sits in ('train' for 'train.lr').
+    candidates = [c for c in list(_DEFAULT_LEAVES) + sorted(_DEFAULT_SECTIONS) if not path.startswith(c + ".")]
+    leaf = path.rsplit(".", 1)[-1]
+    # The right leaf name under the wrong section, e.g. 'train.lr' for 'optim.lr'.
+    close = [c for c in candidates if c.rsplit(".", 1)[-1] == leaf][:1]
+    if not close:
+        close = difflib.get_close_matches(path, candidates, n=1, cutoff=0.6)
+    if not close:  # a misspelt leaf under the wrong section
         by_leaf = {c.rsplit(".", 1)[-1]: c for c in candidates}
         close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)]
     hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -204,6 +208,8 @@ def _check_value(path: str, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: '{path}' must be a number, got {value!r}")
         value = float(value)
+        if value != value:  # NaN passes every range check below
+            raise ConfigError(f"{source}: '{path}' must be a number, got {value!r}")
     elif expected is str:
         if not isinstance(value, str):
             raise ConfigError(f"{source}: '{path}' must be a string, got {value!r}")
@@ -253,11 +259,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like dotted.key=value")
     key, raw = text.split("=", 1)
+    key = key.strip()
+    if isinstance(_DEFAULT_LEAVES.get(key), str):  # a path or a name: 'data.path=2024' means the text 2024
+        return key, raw
     try:
         value = _read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override '{text}': value is not valid YAML ({err})") from None
-    return key.strip(), value
+    return key, value
 
 
 def _nest(path: str, value: Any) -> dict[str, Any]:

@@ -13,21 +13,27 @@ def contingency(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
     return flat.reshape(num_pred, num_true)
 
 
+def _label_arrays(labels, preds) -> tuple[np.ndarray, np.ndarray]:
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    if labels.shape != preds.shape or labels.ndim != 1:
+        raise ValueError(f"labels and predictions must be 1-D and equally long; got {labels.shape} and {preds.shape}")
+    return labels, preds
+
+
 def hungarian_accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
     """Accuracy after the one-to-one matching of clusters to classes that maximises it.
 
     With more clusters than classes the unmatched clusters count as wrong, so the figure is the
     strict one-to-one ACC of the papers.
     """
+    labels, preds = _label_arrays(labels, preds)  # else a length-1 side broadcasts to an accuracy above 1
     counts = contingency(labels, preds)
     rows, cols = linear_sum_assignment(counts, maximize=True)
     return float(counts[rows, cols].sum() / len(labels))
 
 
 def cluster_metrics(labels, preds) -> dict[str, float]:
-    labels, preds = np.asarray(labels), np.asarray(preds)
-    if labels.shape != preds.shape or labels.ndim != 1:
-        raise ValueError(f"labels and predictions must be 1-D and equally long; got {labels.shape} and {preds.shape}")
+    labels, preds = _label_arrays(labels, preds)
     return {
         "nmi": float(skm.normalized_mutual_info_score(labels, preds)),
         "ami": float(skm.adjusted_mutual_info_score(labels, preds)),

@@ -72,3 +72,40 @@ def test_low_precision_logits_are_computed_in_float32():
     half = TwistLoss()([f.bfloat16() for f in logits])["loss"]
     assert half.dtype == torch.float32
     assert half.item() == pytest.approx(full.item(), abs=0.05)
+
+
+def reference_teacher_loss(student, teacher, lam1, lam2, tau, eps):
+    """The reference's teacher path, pair by pair in float64."""
+    s = [torch.softmax(f.double() / tau, 1) for f in student]
+    t = [torch.softmax(f.double() / tau, 1) for f in teacher]
+    kls = [(t[a] * ((t[a] + eps).log() - (s[j] + eps).log())).sum(1).mean()
+           for a in (0, 1) for j in range(len(s)) if j != a]
+    eh = sum(-(q * (q + eps).log()).sum(1).mean() for q in s) / len(s)
+    he = sum(-(q.mean(0) * (q.mean(0) + eps).log()).sum() for q in s) / len(s)
+    return sum(kls) / len(kls) + (1 + lam1) * eh - lam2 * he
+
+
+@pytest.mark.parametrize("num_views", [2, 8])
+def test_teacher_variant_matches_float64_formula(num_views):
+    torch.manual_seed(3)
+    student = [(2 * torch.randn(12, 5)).requires_grad_() for _ in range(num_views)]
+    teacher = [2 * torch.randn(12, 5) for _ in range(2)]
+    out = TwistLoss(lam1=-0.6, lam2=1.0, tau=0.7)(student, teacher_logits=teacher)
+    ref_student = [f.detach().double().requires_grad_() for f in student]
+    expected = reference_teacher_loss(ref_student, teacher, -0.6, 1.0, 0.7, 1e-5)
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    grads = torch.autograd.grad(out["loss"], student)
+    for g, r in zip(grads, torch.autograd.grad(expected, ref_student)):
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-6)
+
+
+def test_pair_counts_of_the_recipes():
+    from twist.losses import teacher_student_pairs
+
+    assert len(sparse_pairs(2 + 12)) == 25            # ResNet-50 multi-crop
+    assert len(teacher_student_pairs(2 + 6)) == 14    # DeiT-S
+    assert len(teacher_student_pairs(2 + 10)) == 22   # ViT-B
+    weights = [sum(v in p for p in sparse_pairs(14)) / (2 * 25) for v in range(14)]
+    assert weights[0] == weights[1] == pytest.approx(13 / 50)  # (n-1) / (2(2n-3)) per global view
+    assert all(w == pytest.approx(1 / 25) for w in weights[2:])  # 1 / (2n-3) per local view
+    assert sum(weights) == pytest.approx(1.0)

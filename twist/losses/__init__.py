@@ -1,3 +1,4 @@
-from twist.losses.twist import TwistLoss, sparse_pairs
+from twist.losses.self_label import SelfLabelLoss
+from twist.losses.twist import TwistLoss, sparse_pairs, teacher_student_pairs
 
-__all__ = ["TwistLoss", "sparse_pairs"]
+__all__ = ["SelfLabelLoss", "TwistLoss", "sparse_pairs", "teacher_student_pairs"]

@@ -12,6 +12,10 @@ where the authors' code applies it (identical at the default tau = 1). With more
 pairs are (0, 1), (0, j) and (1, j) for every local view j >= 2, and each term is the plain average
 over pairs. Because the entropy terms of a view do not depend on its partner, they are computed once
 per view and weighted by how many pairs the view takes part in.
+
+With an EMA teacher (the ViT recipes) the consistency term is instead the mean of KL(t_a || s_j)
+over the teacher's two global views a and every other student view j, and the entropy terms are the
+plain mean over the student's views.
 """
 from __future__ import annotations
 
@@ -26,6 +30,13 @@ def sparse_pairs(num_views: int) -> list[tuple[int, int]]:
     if num_views < 2:
         raise ValueError(f"TWIST needs at least 2 views, got {num_views}")
     return [(0, 1)] + [(g, j) for j in range(2, num_views) for g in (0, 1)]
+
+
+def teacher_student_pairs(num_views: int) -> list[tuple[int, int]]:
+    """(teacher global a, student view j) for a in {0, 1} and every j != a: 2(n - 1) pairs."""
+    if num_views < 2:
+        raise ValueError(f"TWIST needs at least 2 views, got {num_views}")
+    return [(a, j) for a in (0, 1) for j in range(num_views) if j != a]
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
@@ -55,7 +66,26 @@ class TwistLoss(nn.Module):
     def _kl(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return (p * (torch.log(p + self.eps) - torch.log(q + self.eps))).sum(dim=1).mean()
 
-    def forward(self, logits: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, logits: list[torch.Tensor],
+                teacher_logits: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Student logits of every view (globals first); with a teacher, its logits of the two globals."""
+        if teacher_logits is not None:
+            return self._with_teacher(logits, teacher_logits)
+        return self._symmetric(logits)
+
+    def _with_teacher(self, logits: list[torch.Tensor], teacher_logits: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        # The teacher's distribution of global view a is the target of every other student view:
+        # 2(n - 1) one-directional pairs. Both sides use tau here, as in the reference's teacher path.
+        student = [torch.softmax(f.float() / self.tau, dim=1) for f in logits]
+        teacher = [torch.softmax(f.float() / self.tau, dim=1).detach() for f in teacher_logits]
+        pairs = teacher_student_pairs(len(logits))
+        consistency = sum(self._kl(teacher[a], student[j]) for a, j in pairs) / len(pairs)
+        sharpness = sum(self._row_entropy(q) for q in student) / len(student)
+        diversity = sum(self._entropy_of_mean(q) for q in student) / len(student)
+        loss = consistency + (1.0 + self.lam1) * sharpness - self.lam2 * diversity
+        return {"loss": loss, "consistency": consistency, "sharpness": sharpness, "diversity": diversity}
+
+    def _symmetric(self, logits: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         # Softmax, logs and sums in float32 even when the network ran in bf16/fp16.
         logits = [f.float() for f in logits]
         pairs = sparse_pairs(len(logits))

@@ -25,6 +25,7 @@ setup(
         "pillow>=9.0",
         "matplotlib>=3.7",
         "tensorboard>=2.14",
+        "lmdb>=1.4",
     ],
     extras_require={
         "dev": ["pytest>=7"],

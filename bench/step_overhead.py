@@ -48,7 +48,7 @@ def main():
     cfg = load_config(None, [f"model.backbone={args.backbone}", "data.dataset=synthetic",
                              f"data.image_size={args.image_size}", f"model.head.hidden_dim={args.hidden_dim}",
                              f"model.head.num_classes={args.num_classes}", f"train.precision={args.precision}",
-                             f"device={args.device}", "optim.warmup_epochs=0"])
+                             f"device={args.device}", "optim.warmup_epochs=0", "train.epochs=1"])
     device = resolve_device(cfg["device"])
     dtype = autocast_dtype(cfg["train"]["precision"], device)
     torch.manual_seed(0)
@@ -56,7 +56,7 @@ def main():
 
     twin = build_model(cfg).to(device).train()
     twin_opt = build_optimizer(twin, cfg["optim"])
-    schedules = build_schedules(cfg["optim"], 1, 10_000, args.batch_size)
+    schedules = build_schedules(cfg, steps_per_epoch=10_000, global_batch=args.batch_size)
     criterion = TwistLoss(**cfg["loss"])
     bare = build_backbone(args.backbone, image_size=args.image_size).module.to(device).train()
     bare_opt = build_optimizer(bare, cfg["optim"])

@@ -48,9 +48,12 @@ DEFAULTS: dict[str, Any] = {
         "image_size": 224,
         "num_samples": 512,
         "num_classes": 10,
+        # file list only: lines "<path relative to data.path> <integer label>".
+        "list_file": "",
         "num_workers": 8,
         "pin_memory": True,
         "persistent_workers": False,
+        "prefetch_factor": 2,
         "skip_corrupt": False,
     },
     "augment": {
@@ -62,6 +65,29 @@ DEFAULTS: dict[str, Any] = {
         "blur": [1.0, 0.1],
         "solarize": [0.0, 0.2],
         "rotation": 0.0,
+        # Multi-crop: this many extra low-resolution views, paired with both global views.
+        "local_crops": 0,
+        "local_size": 96,
+        "local_scale": [0.05, 0.4],
+        "local_blur": 0.5,
+    },
+    # The self-labeling stage: from start_epoch on, confident pseudo-labels of one global view
+    # supervise the other views, with harder crops and a learning-rate restart.
+    "self_label": {
+        "enabled": False,
+        "start_epoch": 800,
+        "global_scale": [0.14, 1.0],
+        "local_scale": [0.05, 0.14],
+        "quantile": 0.5,
+        "quantile_end": 0.6,
+        "lr": 0.05,
+        "warmup_epochs": 5,
+    },
+    # An exponential-moving-average teacher gives the targets (the ViT recipes).
+    "teacher": {
+        "enabled": False,
+        "momentum_start": 0.996,
+        "momentum_end": 1.0,
     },
     "optim": {
         "name": "lars",
@@ -99,7 +125,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.head.norm": ("bn", "ln", "none"),
     "model.head.activation": ("relu", "gelu"),
     "model.head.init": ("auto", "default", "trunc_normal"),
-    "data.dataset": ("folder", "digits", "synthetic"),
+    "data.dataset": ("folder", "filelist", "lmdb", "digits", "synthetic"),
     "augment.pipeline": ("barlow", "small_gray"),
     "optim.name": ("lars", "sgd", "adamw"),
     "train.precision": ("fp32", "bf16", "fp16"),
@@ -117,6 +143,17 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.num_samples": (1, None),
     "data.num_classes": (1, None),
     "data.num_workers": (0, None),
+    "data.prefetch_factor": (1, None),
+    "augment.local_crops": (0, None),
+    "augment.local_size": (8, None),
+    "augment.local_blur": (0.0, 1.0),
+    "self_label.start_epoch": (0, None),
+    "self_label.quantile": (0.0, 1.0),
+    "self_label.quantile_end": (0.0, 1.0),
+    "self_label.lr": (0.0, None),
+    "self_label.warmup_epochs": (0, None),
+    "teacher.momentum_start": (0.0, 1.0),
+    "teacher.momentum_end": (0.0, 1.0),
     "augment.hflip": (0.0, 1.0),
     "augment.color_jitter": (0.0, 1.0),
     "augment.grayscale": (0.0, 1.0),
@@ -142,6 +179,9 @@ LIST_SHAPES: dict[str, tuple[int, float, float]] = {
     "augment.crop_scale": (2, 0.0, 1.0),
     "augment.blur": (2, 0.0, 1.0),
     "augment.solarize": (2, 0.0, 1.0),
+    "augment.local_scale": (2, 0.0, 1.0),
+    "self_label.global_scale": (2, 0.0, 1.0),
+    "self_label.local_scale": (2, 0.0, 1.0),
 }
 
 
@@ -247,11 +287,24 @@ def _merge(base: dict[str, Any], update: dict[str, Any], source: str, prefix: st
 
 
 def _check_consistency(cfg: dict[str, Any], source: str) -> None:
-    low, high = cfg["augment"]["crop_scale"]
-    if low > high:
-        raise ConfigError(f"{source}: 'augment.crop_scale' must be [low, high] with low <= high, got {[low, high]}")
-    if cfg["data"]["dataset"] == "folder" and not cfg["data"]["path"]:
-        raise ConfigError(f"{source}: 'data.path' must name an image folder when data.dataset is 'folder'")
+    for key in ("augment.crop_scale", "augment.local_scale", "self_label.global_scale", "self_label.local_scale"):
+        section, leaf = key.split(".")
+        low, high = cfg[section][leaf]
+        if low > high:
+            raise ConfigError(f"{source}: '{key}' must be [low, high] with low <= high, got {[low, high]}")
+    data = cfg["data"]
+    if data["dataset"] in ("folder", "filelist", "lmdb") and not data["path"]:
+        raise ConfigError(f"{source}: 'data.path' must name the dataset location when data.dataset is "
+                          f"'{data['dataset']}'")
+    if data["dataset"] == "filelist" and not data["list_file"]:
+        raise ConfigError(f"{source}: 'data.list_file' must name the list of images when data.dataset is 'filelist'")
+    sl = cfg["self_label"]
+    if sl["enabled"] and sl["start_epoch"] >= cfg["train"]["epochs"]:
+        raise ConfigError(f"{source}: 'self_label.start_epoch' ({sl['start_epoch']}) must be below train.epochs "
+                          f"({cfg['train']['epochs']}) when self-labeling is enabled")
+    if sl["enabled"] and sl["quantile"] <= 0:
+        raise ConfigError(f"{source}: 'self_label.quantile' is the fraction of the batch that keeps its "
+                          f"pseudo-label and must be above 0, got {sl['quantile']}")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

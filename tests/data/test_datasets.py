@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from twist.config import load_config
 from twist.data import (CorruptImageError, DatasetError, DigitsSource, EpochSampler, EvalDataset,
                         ImageFolderSource, SyntheticSource, ViewsDataset, build_eval_transform, build_source,
-                        build_two_view_transform, collate_views)
+                        build_train_transform, collate_views)
 from twist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SYNTH = ["data.dataset=synthetic", "data.num_samples=12", "data.num_classes=3", "data.image_size=32",
@@ -105,7 +105,7 @@ def _views_dataset_with_one_corrupt(tmp_path, skip):
     root = _folder(tmp_path / "d", classes=("a", "b"), per_class=2)
     (root / "a" / "0.png").write_bytes(b"garbage")  # sorted first: index 0
     cfg = load_config(None, ["data.dataset=folder", f"data.path={root}", "data.image_size=8"])
-    return ViewsDataset(ImageFolderSource(str(root)), build_two_view_transform(cfg), seed=0, skip_corrupt=skip)
+    return ViewsDataset(ImageFolderSource(str(root)), build_train_transform(cfg), seed=0, skip_corrupt=skip)
 
 
 def test_views_dataset_raises_on_corrupt_without_skip(tmp_path):
@@ -199,7 +199,7 @@ def test_synthetic_source_is_deterministic_per_seed():
 
 def _synth_views_dataset(seed=0):
     cfg = load_config(None, SYNTH)
-    return ViewsDataset(build_source(cfg), build_two_view_transform(cfg), seed=seed)
+    return ViewsDataset(build_source(cfg), build_train_transform(cfg), seed=seed)
 
 
 def test_views_repeat_for_the_same_key_and_differ_between_epochs():
@@ -261,7 +261,7 @@ def test_barlow_two_views_on_synthetic_rgb():
     cfg = load_config(None, SYNTH)
     img, _ = build_source(cfg).load(0)
     torch.manual_seed(0)
-    views = build_two_view_transform(cfg)(img)
+    views = build_train_transform(cfg)(img)
     assert len(views) == 2
     for v in views:
         assert isinstance(v, torch.Tensor) and v.shape == (3, 32, 32) and v.dtype == torch.float32
@@ -272,7 +272,7 @@ def test_small_gray_two_views_on_digits(digits):
     cfg = load_config(None, DIGITS)
     img, _ = digits.load(0)
     torch.manual_seed(0)
-    views = build_two_view_transform(cfg)(img)
+    views = build_train_transform(cfg)(img)
     assert len(views) == 2
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     for v in views:

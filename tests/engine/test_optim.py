@@ -161,6 +161,15 @@ def _optim_cfg(**changes):
     return cfg
 
 
+def _schedules(optim_cfg, epochs, steps_per_epoch, global_batch, **sections):
+    """build_schedules on a run config whose other sections keep their defaults."""
+    cfg = {key: dict(value) if isinstance(value, dict) else value for key, value in DEFAULTS.items()}
+    cfg["optim"], cfg["train"]["epochs"] = optim_cfg, epochs
+    for name, changes in sections.items():
+        cfg[name].update(changes)
+    return build_schedules(cfg, steps_per_epoch, global_batch)
+
+
 def test_build_lars_groups():
     model = _TinyViTish()
     opt = build_optimizer(model, _optim_cfg(name="lars", weight_decay=0.03, momentum=0.8, lars_eta=0.005))
@@ -207,7 +216,7 @@ def test_build_unknown_optimizer():
 def test_lr_schedule_warmup_and_cosine():
     epochs, steps, batch = 6, 5, 512
     cfg = _optim_cfg(lr=0.3, warmup_epochs=2, final_lr_ratio=0.01, weight_decay=0.1, weight_decay_end=0.4)
-    s = build_schedules(cfg, epochs, steps, batch)
+    s = _schedules(cfg, epochs, steps, batch)
     lr, wd = s["lr"], s["weight_decay"]
     total, warm = epochs * steps, 2 * steps
     assert len(lr) == len(wd) == total
@@ -235,21 +244,21 @@ def test_lr_schedule_warmup_and_cosine():
 
 def test_lr_schedule_of_a_long_run_ends_near_peak_times_final_ratio():
     cfg = _optim_cfg(lr=0.5, warmup_epochs=10, final_lr_ratio=0.001)
-    lr = build_schedules(cfg, epochs=100, steps_per_epoch=50, global_batch=1024)["lr"]
+    lr = _schedules(cfg, epochs=100, steps_per_epoch=50, global_batch=1024)["lr"]
     peak = 0.5 * 1024 / 256
     assert len(lr) == 5000 and lr[0] == 0.0 and lr[500] == pytest.approx(peak, rel=1e-12)
     assert lr[-1] == pytest.approx(peak * 0.001, rel=0.01)
 
 
 def test_lr_schedule_without_warmup_and_with_warmup_past_the_end():
-    s = build_schedules(_optim_cfg(lr=0.5, warmup_epochs=0), epochs=2, steps_per_epoch=3, global_batch=256)
+    s = _schedules(_optim_cfg(lr=0.5, warmup_epochs=0), epochs=2, steps_per_epoch=3, global_batch=256)
     assert len(s["lr"]) == 6 and s["lr"][0] == pytest.approx(0.5)
-    s = build_schedules(_optim_cfg(lr=0.5, warmup_epochs=10), epochs=2, steps_per_epoch=3, global_batch=256)
+    s = _schedules(_optim_cfg(lr=0.5, warmup_epochs=10), epochs=2, steps_per_epoch=3, global_batch=256)
     np.testing.assert_allclose(s["lr"], 0.5 * np.arange(6) / 6, rtol=1e-12)
 
 
 def test_constant_weight_decay():
-    s = build_schedules(_optim_cfg(weight_decay=1e-5, weight_decay_end=1e-5), 3, 4, 256)
+    s = _schedules(_optim_cfg(weight_decay=1e-5, weight_decay_end=1e-5), 3, 4, 256)
     np.testing.assert_allclose(s["weight_decay"], 1e-5, rtol=1e-12)
 
 
@@ -258,7 +267,7 @@ def test_apply_schedules_writes_lrs_and_group0_wd_only(exclude):
     model = _TinyViTish()
     cfg = _optim_cfg(weight_decay=0.01, weight_decay_end=0.05, exclude_bias_and_norm=exclude)
     opt = build_optimizer(model, cfg)
-    schedules = build_schedules(cfg, epochs=3, steps_per_epoch=4, global_batch=256)
+    schedules = _schedules(cfg, epochs=3, steps_per_epoch=4, global_batch=256)
     g1_wd = opt.param_groups[1]["weight_decay"]
     for step in (0, 5, 11):
         apply_schedules(opt, schedules, step, bias_lr_ratio=0.02)
@@ -278,7 +287,7 @@ def test_built_lars_step_matches_reference():
     cfg = _optim_cfg(lr=0.4, weight_decay=0.02, weight_decay_end=0.02, momentum=0.9, lars_eta=0.01,
                      warmup_epochs=0)
     opt = build_optimizer(model, cfg)
-    schedules = build_schedules(cfg, epochs=1, steps_per_epoch=3, global_batch=256)
+    schedules = _schedules(cfg, epochs=1, steps_per_epoch=3, global_batch=256)
     weights, no_decay = split_decay_groups(model)
     everything = weights + no_decay
     start = [p.detach().numpy().copy() for p in everything]
@@ -316,3 +325,34 @@ def _reference_step(params, grads, groups, bufs):
             bufs[i] = u if i not in bufs else g_cfg["momentum"] * bufs[i] + u
             new[i] = p - bufs[i]
     return new, bufs
+
+
+def test_self_labeling_restarts_the_lr_and_runs_the_quantile_schedule():
+    """The reference's piecewise schedule (spec §6.3), written out independently."""
+    epochs, n, batch = 10, 4, 512
+    optim = _optim_cfg(lr=0.5, warmup_epochs=2, final_lr_ratio=0.001)
+    s = _schedules(optim, epochs, n, batch,
+                   self_label={"enabled": True, "start_epoch": 7, "lr": 0.05, "warmup_epochs": 1,
+                               "quantile": 0.5, "quantile_end": 0.6})
+    lr, q = s["lr"], s["quantile"]
+    sw, sm, ss, total = 2 * n, 7 * n, 1 * n, epochs * n
+    peak, peak_sl = 0.5 * batch / 256, 0.05 * batch / 256
+
+    def cosfac(x):
+        c = 0.5 * (1 + math.cos(math.pi * x))
+        return c + 0.001 * (1 - c)
+
+    for step in range(total):
+        if step < sw:
+            expected = peak * step / sw
+        elif step < sm:
+            expected = peak * cosfac((step - sw) / (sm - sw))
+        elif step < sm + ss:
+            expected = peak_sl * (step - sm) / ss
+        else:
+            expected = peak_sl * cosfac((step - sm - ss) / (total - sm - ss))
+        assert lr[step] == pytest.approx(expected, rel=1e-9, abs=1e-15), step
+    assert np.isnan(q[:sm]).all()
+    assert q[sm] == pytest.approx(0.5) and q[-1] == pytest.approx(0.6, abs=0.01)
+    assert np.all(np.diff(q[sm:]) > 0)
+    assert len(s["momentum"]) == total  # the teacher's schedule covers every step of the run

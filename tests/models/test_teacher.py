@@ -5,7 +5,8 @@ import torch
 
 from twist.config import load_config
 from twist.models import build_model
-from twist.models.teacher import EMATeacher, momentum_schedule
+from twist.engine.optim import momentum_schedule
+from twist.models.teacher import EMATeacher
 
 
 def test_ema_update_matches_float64_formula():

@@ -5,6 +5,8 @@ randomness seeded from (seed, epoch, index); ``EvalDataset`` applies a determini
 """
 from __future__ import annotations
 
+import io
+import json
 import os
 from typing import Any, Callable
 
@@ -56,6 +58,114 @@ class ImageFolderSource:
             raise CorruptImageError(f"cannot read image '{path}': {err}") from None
 
 
+def decode_image(data: bytes, where: str) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise CorruptImageError(f"cannot read image {where}: {err}") from None
+
+
+class FileListSource:
+    """Images named in a text file, one ``<path> <integer label>`` per line; paths relative to ``root``."""
+
+    def __init__(self, root: str, list_file: str):
+        list_path = list_file if os.path.isabs(list_file) else os.path.join(root, list_file)
+        if not os.path.isfile(list_path):
+            raise DatasetError(f"image list '{list_path}' does not exist")
+        self.samples: list[tuple[str, int]] = []
+        with open(list_path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip() or line.lstrip().startswith("#"):
+                    continue
+                parts = line.rsplit(maxsplit=1)
+                if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                    raise DatasetError(f"{list_path}, line {number}: expected '<path> <integer label>', "
+                                       f"got {line.rstrip()!r}")
+                path = parts[0] if os.path.isabs(parts[0]) else os.path.join(root, parts[0])
+                self.samples.append((path, int(parts[1])))
+        if not self.samples:
+            raise DatasetError(f"image list '{list_path}' names no images")
+        self.classes = [str(c) for c in sorted({label for _, label in self.samples})]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[index]
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as err:
+            raise CorruptImageError(f"cannot read image '{path}': {err}") from None
+        return decode_image(data, f"'{path}'"), label
+
+
+LMDB_LENGTH_KEY = b"__len__"
+LMDB_CLASSES_KEY = b"__classes__"
+
+
+def lmdb_record_key(index: int) -> bytes:
+    return f"{index:010d}".encode()
+
+
+def encode_lmdb_record(image_bytes: bytes, label: int) -> bytes:
+    """A record is the label as 8 little-endian bytes, then the encoded image file, unchanged."""
+    return int(label).to_bytes(8, "little", signed=True) + image_bytes
+
+
+class LMDBSource:
+    """An LMDB written by ``tools/build_lmdb.py``; its length and class names are read from the database.
+
+    The environment is opened lazily in each process (an LMDB handle must not cross a fork), read-only
+    and without locking, so any number of data-loader workers can read it.
+    """
+
+    def __init__(self, path: str):
+        if not os.path.exists(path):
+            raise DatasetError(f"LMDB '{path}' does not exist")
+        self.path = path
+        self._env, self._pid = None, None
+        with self._open().begin() as txn:
+            length, classes = txn.get(LMDB_LENGTH_KEY), txn.get(LMDB_CLASSES_KEY)
+        if length is None:
+            raise DatasetError(f"LMDB '{path}' has no '{LMDB_LENGTH_KEY.decode()}' entry; "
+                               f"build it with tools/build_lmdb.py")
+        self.length = int(length)
+        self.classes = json.loads(classes) if classes else []
+        self._env.close()
+        self._env = None
+
+    def _open(self):
+        import lmdb
+
+        if self._env is None or self._pid != os.getpid():
+            try:
+                self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False, meminit=False,
+                                      subdir=os.path.isdir(self.path), max_readers=512)
+            except lmdb.Error as err:
+                raise DatasetError(f"LMDB '{self.path}' cannot be opened: {err}") from None
+            self._pid = os.getpid()
+        return self._env
+
+    def __len__(self) -> int:
+        return self.length
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        with self._open().begin() as txn:
+            record = txn.get(lmdb_record_key(index))
+        where = f"record {index} of LMDB '{self.path}'"
+        if record is None or len(record) < 8:
+            raise CorruptImageError(f"cannot read image {where}: the record is missing or truncated")
+        label = int.from_bytes(record[:8], "little", signed=True)
+        return decode_image(record[8:], where), label
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_env"], state["_pid"] = None, None  # workers open their own handle
+        return state
+
+
 class DigitsSource:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), as 8-bit grayscale."""
 
@@ -101,7 +211,11 @@ class SyntheticSource:
 
 
 def build_source(cfg: dict[str, Any], split: str = "train"):
-    """The image source of ``cfg['data']``; a folder dataset reads ``<path>/train`` or ``<path>/val``."""
+    """The image source of ``cfg['data']``.
+
+    A folder reads ``<path>/<split>/<class>/<image>``, an LMDB ``<path>/<split>.lmdb``; a file list
+    serves both splits from ``data.list_file``.
+    """
     data = cfg["data"]
     if data["dataset"] == "folder":
         root = os.path.join(data["path"], split)
@@ -109,6 +223,10 @@ def build_source(cfg: dict[str, Any], split: str = "train"):
             raise DatasetError(f"image folder '{root}' does not exist; data.path must hold "
                                f"train/<class>/<image> and val/<class>/<image> (ImageNet layout)")
         return ImageFolderSource(root)
+    if data["dataset"] == "filelist":
+        return FileListSource(data["path"], data["list_file"])
+    if data["dataset"] == "lmdb":
+        return LMDBSource(os.path.join(data["path"], f"{split}.lmdb"))
     if data["dataset"] == "digits":
         return DigitsSource()
     if data["dataset"] == "synthetic":
@@ -124,13 +242,24 @@ class ViewsDataset(torch.utils.data.Dataset):
     """Training items ``(views, label, index)``, keyed by ``(epoch, index)`` from ``EpochSampler``.
 
     The epoch travels with the key rather than living on the dataset so that persistent workers
-    see it too. A corrupt image raises, or gives ``None`` (dropped and counted by the collate
-    function) when ``skip_corrupt`` is set.
+    see it too. ``later_stages`` lists ``(first_epoch, transform)`` pairs that replace ``transform``
+    from that epoch on (the self-labeling crops), so the views stay a pure function of the epoch and
+    a resumed run gets the right ones. A corrupt image raises, or gives ``None`` (dropped and counted
+    by the collate function) when ``skip_corrupt`` is set.
     """
 
     def __init__(self, source, transform: Callable[[Image.Image], list[torch.Tensor]], seed: int,
-                 skip_corrupt: bool = False):
+                 skip_corrupt: bool = False,
+                 later_stages: list[tuple[int, Callable[[Image.Image], list[torch.Tensor]]]] = ()):
         self.source, self.transform, self.seed, self.skip_corrupt = source, transform, seed, skip_corrupt
+        self.later_stages = sorted(later_stages, key=lambda stage: stage[0])
+
+    def transform_for_epoch(self, epoch: int) -> Callable[[Image.Image], list[torch.Tensor]]:
+        transform = self.transform
+        for first_epoch, later in self.later_stages:
+            if epoch >= first_epoch:
+                transform = later
+        return transform
 
     def __len__(self) -> int:
         return len(self.source)
@@ -145,7 +274,7 @@ class ViewsDataset(torch.utils.data.Dataset):
             raise
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, epoch, index))
-            views = self.transform(img)
+            views = self.transform_for_epoch(epoch)(img)
         return views, label, index
 
 

@@ -58,28 +58,30 @@ class MultiView:
         return [pipeline(img) for pipeline in self.pipelines]
 
 
-def _barlow_view(size: int, scale: tuple[float, float], aug: dict[str, Any], view: int) -> T.Compose:
+def _barlow_view(size: int, scale: tuple[float, float], aug: dict[str, Any], blur: float,
+                 solarize: float) -> T.Compose:
     return T.Compose([
         T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(aug["hflip"]),
         T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=aug["color_jitter"]),
         T.RandomGrayscale(aug["grayscale"]),
-        RandomGaussianBlur(aug["blur"][view]),
-        RandomSolarize(aug["solarize"][view]),
+        RandomGaussianBlur(blur),
+        RandomSolarize(solarize),
         T.ToTensor(),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
 
 
-def _small_gray_view(size: int, scale: tuple[float, float], aug: dict[str, Any], view: int) -> T.Compose:
+def _small_gray_view(size: int, scale: tuple[float, float], aug: dict[str, Any], blur: float,
+                     solarize: float) -> T.Compose:
     # Digits-like data: no hue or saturation to jitter, and small blur radii (the images are tiny).
     return T.Compose([
         T.RandomResizedCrop(size, scale=scale, ratio=(0.8, 1.25), interpolation=T.InterpolationMode.BILINEAR),
         T.RandomHorizontalFlip(aug["hflip"]),
         T.RandomRotation(aug["rotation"], interpolation=T.InterpolationMode.BILINEAR),
         T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4)], p=aug["color_jitter"]),
-        RandomGaussianBlur(aug["blur"][view], sigma_min=0.1, sigma_max=0.1 + size / 32),
-        RandomSolarize(aug["solarize"][view]),
+        RandomGaussianBlur(blur, sigma_min=0.1, sigma_max=0.1 + size / 32),
+        RandomSolarize(solarize),
         T.ToTensor(),
         ToThreeChannels(),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
@@ -89,12 +91,21 @@ def _small_gray_view(size: int, scale: tuple[float, float], aug: dict[str, Any],
 _VIEW_BUILDERS = {"barlow": _barlow_view, "small_gray": _small_gray_view}
 
 
-def build_two_view_transform(cfg: dict[str, Any]) -> MultiView:
-    """The asymmetric two-view pipeline: view 1 and view 2 differ in blur and solarisation."""
+def build_train_transform(cfg: dict[str, Any], self_labeling: bool = False) -> MultiView:
+    """Two asymmetric global views (they differ in blur and solarisation), then the local views.
+
+    The views come in the order [global 1, global 2, local 1..L]. The self-labeling stage uses its own,
+    harder crop scales.
+    """
     aug, size = cfg["augment"], cfg["data"]["image_size"]
-    scale = tuple(aug["crop_scale"])
+    if self_labeling:
+        global_scale, local_scale = cfg["self_label"]["global_scale"], cfg["self_label"]["local_scale"]
+    else:
+        global_scale, local_scale = aug["crop_scale"], aug["local_scale"]
     builder = _VIEW_BUILDERS[aug["pipeline"]]
-    return MultiView([builder(size, scale, aug, view) for view in (0, 1)])
+    views = [builder(size, tuple(global_scale), aug, aug["blur"][v], aug["solarize"][v]) for v in (0, 1)]
+    local = builder(aug["local_size"], tuple(local_scale), aug, aug["local_blur"], 0.0)
+    return MultiView(views + [local] * aug["local_crops"])
 
 
 def build_eval_transform(cfg: dict[str, Any]) -> T.Compose:

@@ -50,9 +50,10 @@ def plot_training_curves(log_path: str, out_path: str) -> None:
     keys = [("loss", "loss"), ("consistency", "consistency (KL)"), ("sharpness", "sharpness (mean entropy)"),
             ("diversity", "diversity (entropy of mean)")]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
-    steps = [r["step"] for r in records]
     for ax, (key, title) in zip(axes, keys):
-        ax.plot(steps, [r[key] for r in records])
+        # Self-labeling steps log their own terms, so a curve stops where its term is no longer used.
+        points = [(r["step"], r[key]) for r in records if key in r]
+        ax.plot([p[0] for p in points], [p[1] for p in points])
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -114,16 +114,47 @@ def scaled_lr(base_lr: float, global_batch: int) -> float:
     return base_lr * global_batch / 256
 
 
-def build_schedules(optim_cfg: dict[str, Any], epochs: int, steps_per_epoch: int,
-                    global_batch: int) -> dict[str, np.ndarray]:
-    """Per-iteration learning rate and weight decay for the whole run (index = global step)."""
-    total = epochs * steps_per_epoch
-    peak = scaled_lr(optim_cfg["lr"], global_batch)
-    warmup = min(optim_cfg["warmup_epochs"] * steps_per_epoch, total)
+def build_schedules(cfg: dict[str, Any], steps_per_epoch: int, global_batch: int) -> dict[str, np.ndarray]:
+    """Every per-iteration value of the run, indexed by the global step.
+
+    - ``lr``: warmup from 0 to the scaled peak, cosine to ``final_lr_ratio`` x peak. With
+      self-labeling that curve ends at its start epoch, and the stage restarts with its own warmup
+      to the scaled ``self_label.lr``, then cosine.
+    - ``weight_decay``: cosine from start to end over the whole run.
+    - ``quantile``: the self-labeling kept fraction, cosine over the stage (NaN before it).
+    - ``momentum``: the EMA teacher's momentum, cosine over the whole run.
+    """
+    optim, sl, teacher = cfg["optim"], cfg["self_label"], cfg["teacher"]
+    total = cfg["train"]["epochs"] * steps_per_epoch
+    ratio = optim["final_lr_ratio"]
+    twist_steps = sl["start_epoch"] * steps_per_epoch if sl["enabled"] else total
+    peak = scaled_lr(optim["lr"], global_batch)
+    lr = cosine_schedule(peak, peak * ratio, twist_steps, min(optim["warmup_epochs"] * steps_per_epoch, twist_steps))
+    quantile = np.full(total, np.nan)
+    if sl["enabled"]:
+        sl_steps = total - twist_steps
+        sl_peak = scaled_lr(sl["lr"], global_batch)
+        sl_warmup = min(sl["warmup_epochs"] * steps_per_epoch, sl_steps)
+        lr = np.concatenate([lr, cosine_schedule(sl_peak, sl_peak * ratio, sl_steps, sl_warmup)])
+        quantile[twist_steps:] = cosine_schedule(sl["quantile"], sl["quantile_end"], sl_steps)
     return {
-        "lr": cosine_schedule(peak, peak * optim_cfg["final_lr_ratio"], total, warmup),
-        "weight_decay": cosine_schedule(optim_cfg["weight_decay"], optim_cfg["weight_decay_end"], total),
+        "lr": lr,
+        "weight_decay": cosine_schedule(optim["weight_decay"], optim["weight_decay_end"], total),
+        "quantile": quantile,
+        "momentum": momentum_schedule(teacher["momentum_start"], teacher["momentum_end"], total),
     }
+
+
+def momentum_schedule(start: float, end: float, total_steps: int) -> np.ndarray:
+    """Cosine from ``start`` at step 0 to exactly ``end`` at the last step.
+
+    Defined over the whole run: the reference's covers only the TWIST stage and is indexed past its
+    end once self-labeling starts.
+    """
+    if total_steps == 1:
+        return np.array([start])
+    steps = np.arange(total_steps)
+    return end + 0.5 * (start - end) * (1 + np.cos(math.pi * steps / (total_steps - 1)))
 
 
 def apply_schedules(optimizer: torch.optim.Optimizer, schedules: dict[str, np.ndarray], step: int,

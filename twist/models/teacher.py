@@ -7,23 +7,8 @@ stochastic depth (DINO's choice): its targets should not be randomly thinned.
 """
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 from torch import nn
-
-
-def momentum_schedule(start: float, end: float, total_steps: int) -> np.ndarray:
-    """Cosine from ``start`` at step 0 to exactly ``end`` at the last step, one value per step of the run.
-
-    Defined over the whole run (the reference's covers only the TWIST stage and is indexed past its
-    end once self-labeling starts).
-    """
-    if total_steps == 1:
-        return np.array([start])
-    steps = np.arange(total_steps)
-    return end + 0.5 * (start - end) * (1 + np.cos(math.pi * steps / (total_steps - 1)))
 
 
 def disable_stochastic_depth(model: nn.Module) -> None:

@@ -13,7 +13,7 @@ from twist.config import load_config
 from twist.engine.trainer import train
 
 CONFIGS = sorted(glob.glob("configs/**/*.yaml", recursive=True))
-REDUCED = ["data.image_size=32", "train.batch_size=4", "data.num_workers=0", "train.precision=fp32",
+REDUCED = ["data.image_size=32", "augment.local_size=16", "train.batch_size=4", "data.num_workers=0", "train.precision=fp32",
            "train.progress_bar=false", "eval.enabled=false", "device=cpu"]
 
 
@@ -28,7 +28,12 @@ def _tiny_image_folder(root):
 
 
 def test_configs_are_found():
-    assert "configs/demo/digits.yaml" in CONFIGS and "configs/pretrain/resnet50_2view.yaml" in CONFIGS
+    assert set(CONFIGS) >= {
+        "configs/demo/digits.yaml", "configs/demo/digits_multicrop_selflabel.yaml",
+        "configs/pretrain/resnet50_2view.yaml", "configs/pretrain/resnet50_multicrop_selflabel.yaml",
+        "configs/pretrain/resnet50w2_multicrop_selflabel.yaml", "configs/pretrain/deit_small_teacher.yaml",
+        "configs/pretrain/vit_base_teacher.yaml",
+    }
 
 
 @pytest.mark.parametrize("path", CONFIGS)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from twist.losses.twist import at_least_float32
+
 
 def quantile_threshold(confidence: torch.Tensor, quantile: float) -> torch.Tensor:
     """The confidence ranked ``floor(quantile * B)`` in descending order (clamped to the last one)."""
@@ -36,7 +38,7 @@ class SelfLabelLoss(nn.Module):
             raise ValueError(f"self-labeling needs at least the 2 global views, got {len(student_logits)}")
         anchors = student_logits[:2] if anchor_logits is None else anchor_logits
         with torch.no_grad():
-            probs = [torch.softmax(a.float() / self.tau, dim=1) for a in anchors]
+            probs = [torch.softmax(at_least_float32(a) / self.tau, dim=1) for a in anchors]
             max_prob = torch.stack([p.max(dim=1).values for p in probs])  # 2 x B
             weak_is_first = max_prob[0] >= max_prob[1]
             confidence = max_prob.max(dim=0).values
@@ -48,7 +50,7 @@ class SelfLabelLoss(nn.Module):
         strong_global = torch.where(weak_is_first[:, None], student_logits[1], student_logits[0])
         targets = [strong_global] + list(student_logits[2:])
         if keep.any():
-            loss = sum(F.cross_entropy(t.float()[keep], labels[keep]) for t in targets) / len(targets)
+            loss = sum(F.cross_entropy(at_least_float32(t)[keep], labels[keep]) for t in targets) / len(targets)
         else:  # nothing passed: a zero that keeps the graph, so every rank still runs backward
-            loss = sum(t.float().sum() for t in targets) * 0.0
+            loss = sum(t.sum() for t in targets) * 0.0
         return {"loss": loss, "threshold": threshold, "kept_fraction": keep.float().mean()}

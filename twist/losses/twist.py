@@ -32,6 +32,11 @@ def sparse_pairs(num_views: int) -> list[tuple[int, int]]:
     return [(0, 1)] + [(g, j) for j in range(2, num_views) for g in (0, 1)]
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """Softmax, logs and sums in float32 when the network ran in bf16/fp16; float64 stays float64."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def teacher_student_pairs(num_views: int) -> list[tuple[int, int]]:
     """(teacher global a, student view j) for a in {0, 1} and every j != a: 2(n - 1) pairs."""
     if num_views < 2:
@@ -46,8 +51,10 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
 class TwistLoss(nn.Module):
     """Consistency + (1 + lam1) x sharpness - lam2 x diversity.
 
-    ``batch_mean`` averages a per-rank mean distribution over the processes that share the batch;
-    the default leaves it as is (one process). It must be differentiable.
+    ``batch_mean`` averages the per-rank mean distributions (one row per view) over the processes
+    that share the batch, differentiably; the default leaves them as they are (one process). The
+    consistency and sharpness terms are per-rank means: with DDP averaging the gradients, the result
+    is the gradient of the loss on the global batch.
     """
 
     def __init__(self, lam1: float = 0.0, lam2: float = 1.0, tau: float = 1.0, eps: float = 1e-5,
@@ -59,9 +66,10 @@ class TwistLoss(nn.Module):
     def _row_entropy(self, q: torch.Tensor) -> torch.Tensor:
         return -(q * torch.log(q + self.eps)).sum(dim=1).mean()
 
-    def _entropy_of_mean(self, q: torch.Tensor) -> torch.Tensor:
-        mean = self.batch_mean(q.mean(dim=0))
-        return -(mean * torch.log(mean + self.eps)).sum()
+    def _entropies_of_means(self, q: list[torch.Tensor]) -> torch.Tensor:
+        """Entropy of each view's batch-mean distribution; one collective for all views."""
+        means = self.batch_mean(torch.stack([qv.mean(dim=0) for qv in q]))
+        return -(means * torch.log(means + self.eps)).sum(dim=1)
 
     def _kl(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return (p * (torch.log(p + self.eps) - torch.log(q + self.eps))).sum(dim=1).mean()
@@ -76,18 +84,17 @@ class TwistLoss(nn.Module):
     def _with_teacher(self, logits: list[torch.Tensor], teacher_logits: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         # The teacher's distribution of global view a is the target of every other student view:
         # 2(n - 1) one-directional pairs. Both sides use tau here, as in the reference's teacher path.
-        student = [torch.softmax(f.float() / self.tau, dim=1) for f in logits]
-        teacher = [torch.softmax(f.float() / self.tau, dim=1).detach() for f in teacher_logits]
+        student = [torch.softmax(at_least_float32(f) / self.tau, dim=1) for f in logits]
+        teacher = [torch.softmax(at_least_float32(f) / self.tau, dim=1).detach() for f in teacher_logits]
         pairs = teacher_student_pairs(len(logits))
         consistency = sum(self._kl(teacher[a], student[j]) for a, j in pairs) / len(pairs)
         sharpness = sum(self._row_entropy(q) for q in student) / len(student)
-        diversity = sum(self._entropy_of_mean(q) for q in student) / len(student)
+        diversity = self._entropies_of_means(student).mean()
         loss = consistency + (1.0 + self.lam1) * sharpness - self.lam2 * diversity
         return {"loss": loss, "consistency": consistency, "sharpness": sharpness, "diversity": diversity}
 
     def _symmetric(self, logits: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        # Softmax, logs and sums in float32 even when the network ran in bf16/fp16.
-        logits = [f.float() for f in logits]
+        logits = [at_least_float32(f) for f in logits]
         pairs = sparse_pairs(len(logits))
         p = [torch.softmax(f, dim=1) for f in logits]
         q = p if self.tau == 1.0 else [torch.softmax(f / self.tau, dim=1) for f in logits]
@@ -95,6 +102,6 @@ class TwistLoss(nn.Module):
         consistency = sum(0.5 * (self._kl(p[a], p[b]) + self._kl(p[b], p[a])) for a, b in pairs) / len(pairs)
         weights = [sum(v in pair for pair in pairs) / (2 * len(pairs)) for v in range(len(logits))]
         sharpness = sum(w * self._row_entropy(qv) for w, qv in zip(weights, q))
-        diversity = sum(w * self._entropy_of_mean(qv) for w, qv in zip(weights, q))
+        diversity = (torch.tensor(weights, device=q[0].device) * self._entropies_of_means(q)).sum()
         loss = consistency + (1.0 + self.lam1) * sharpness - self.lam2 * diversity
         return {"loss": loss, "consistency": consistency, "sharpness": sharpness, "diversity": diversity}

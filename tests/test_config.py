@@ -233,7 +233,7 @@ def test_empty_file_gives_defaults(tmp_path):
 
 
 def test_folder_dataset_with_empty_path_is_an_error():
-    with pytest.raises(ConfigError, match=r"'data\.path' must name an image folder"):
+    with pytest.raises(ConfigError, match=r"'data\.path' must name the dataset location when data.dataset is 'folder'"):
         load_config(None, ["data.dataset=folder"])
     assert load_config(None, ["data.dataset=folder", "data.path=/some/where"])["data"]["path"] == "/some/where"
 

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from twist.config import load_config
-from twist.distributed import (SyncedBatchNorm, all_reduce_mean, bunch_group, reduce_for_logging,
-                               stats_group, synchronise_batch_norms)
+from twist.distributed import SyncedBatchNorm, all_reduce_mean, reduce_for_logging, synchronise_batch_norms
 from twist.losses import TwistLoss
 from twist.models import build_model
 
@@ -46,9 +45,9 @@ def _rank_main(rank, world, bunch, port, out_path):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     model = _fresh_model()
-    synchronise_batch_norms(model.backbone, stats_group(), "cpu")
-    synchronise_batch_norms(model.head.mlp, stats_group(), "cpu")
-    synchronise_batch_norms(model.head, bunch_group(bunch), "cpu")  # the NBS, over this rank's bunch
+    synchronise_batch_norms(model.backbone, world, "cpu")
+    synchronise_batch_norms(model.head.mlp, world, "cpu")
+    synchronise_batch_norms(model.head, bunch, "cpu")  # the NBS, over this rank's bunch
     model = DistributedDataParallel(model)
     per_rank = GLOBAL_BATCH // world
     views = [v[rank * per_rank:(rank + 1) * per_rank] for v in _inputs()]
@@ -94,6 +93,6 @@ def test_loss_and_gradients_equal_one_process_on_the_global_batch(tmp_path, worl
 def test_synced_batch_norm_without_a_group_is_batch_norm():
     torch.manual_seed(0)
     x = torch.randn(16, 5, 3, 3)
-    ours, reference = SyncedBatchNorm(5, group=None), torch.nn.BatchNorm2d(5)
+    ours, reference = SyncedBatchNorm(5, ranks_per_bunch=1), torch.nn.BatchNorm2d(5)
     torch.testing.assert_close(ours(x), reference(x))
     torch.testing.assert_close(ours.running_var, reference.running_var)

@@ -32,6 +32,9 @@ DEFAULTS: dict[str, Any] = {
             "dropout": 0.0,
             # Non-affine batch norm on the logits before the softmax ("NBS").
             "nbs": True,
+            # Images over which the NBS statistics are taken, summed over consecutive ranks (the
+            # reference's bunch_size); 0 means all ranks.
+            "nbs_bunch_size": 0,
             # "auto" is trunc-normal(0.02) for ViT backbones and PyTorch's default otherwise.
             "init": "auto",
         },
@@ -71,24 +74,6 @@ DEFAULTS: dict[str, Any] = {
         "local_scale": [0.05, 0.4],
         "local_blur": 0.5,
     },
-    # The self-labeling stage: from start_epoch on, confident pseudo-labels of one global view
-    # supervise the other views, with harder crops and a learning-rate restart.
-    "self_label": {
-        "enabled": False,
-        "start_epoch": 800,
-        "global_scale": [0.14, 1.0],
-        "local_scale": [0.05, 0.14],
-        "quantile": 0.5,
-        "quantile_end": 0.6,
-        "lr": 0.05,
-        "warmup_epochs": 5,
-    },
-    # An exponential-moving-average teacher gives the targets (the ViT recipes).
-    "teacher": {
-        "enabled": False,
-        "momentum_start": 0.996,
-        "momentum_end": 1.0,
-    },
     "optim": {
         "name": "lars",
         "lr": 0.5,
@@ -115,6 +100,24 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 256,
         "kmeans_baseline": False,
     },
+    # The self-labeling stage: from start_epoch on, confident pseudo-labels of one global view
+    # supervise the other views, with harder crops and a learning-rate restart.
+    "self_label": {
+        "enabled": False,
+        "start_epoch": 800,
+        "global_scale": [0.14, 1.0],
+        "local_scale": [0.05, 0.14],
+        "quantile": 0.5,
+        "quantile_end": 0.6,
+        "lr": 0.05,
+        "warmup_epochs": 5,
+    },
+    # An exponential-moving-average teacher gives the targets (the ViT recipes).
+    "teacher": {
+        "enabled": False,
+        "momentum_start": 0.996,
+        "momentum_end": 1.0,
+    },
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -137,6 +140,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.head.hidden_dim": (1, None),
     "model.head.num_classes": (2, None),
     "model.head.dropout": (0.0, 1.0),
+    "model.head.nbs_bunch_size": (0, None),
     "loss.tau": (1e-6, None),
     "loss.eps": (0.0, 1.0),
     "data.image_size": (8, None),

@@ -58,22 +58,6 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-_STATS_GROUP = None
-
-
-def stats_group():
-    """A group of all ranks reserved for the loss and batch-norm statistics.
-
-    DDP reduces gradient buckets asynchronously while backward runs; the collectives inside our
-    backward passes go through this separate group so that the two streams of collectives can never
-    be paired up in a different order on different ranks. Created on first use (collectively).
-    """
-    global _STATS_GROUP
-    if _STATS_GROUP is None and world_size() > 1:
-        _STATS_GROUP = dist.new_group(list(range(world_size())))
-    return _STATS_GROUP
-
-
 class _AllReduceSum(torch.autograd.Function):
     """Sum over the group; the gradient of every input is the sum of the upstream gradients."""
 
@@ -91,13 +75,6 @@ class _AllReduceSum(torch.autograd.Function):
         return grad, None
 
 
-def all_reduce_sum(tensor: torch.Tensor, group=None) -> torch.Tensor:
-    """Differentiable sum over ``group`` (all ranks by default); the identity without a process group."""
-    if world_size() == 1:
-        return tensor
-    return _AllReduceSum.apply(tensor, group)
-
-
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Differentiable mean over all ranks.
 
@@ -105,7 +82,7 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     exactly the gradient of the objective on the concatenated global batch.
     """
     size = world_size()
-    return tensor if size == 1 else _AllReduceSum.apply(tensor, stats_group()) / size
+    return tensor if size == 1 else _AllReduceSum.apply(tensor, None) / size
 
 
 def reduce_for_logging(values: torch.Tensor) -> torch.Tensor:
@@ -114,57 +91,60 @@ def reduce_for_logging(values: torch.Tensor) -> torch.Tensor:
     if size == 1:
         return values
     values = values.detach().clone()
-    dist.all_reduce(values, group=stats_group())
+    dist.all_reduce(values)
     return values / size
 
 
-def bunch_group(bunch_ranks: int):
-    """The process group of this rank's bunch: ``bunch_ranks`` consecutive ranks share NBS statistics.
+def check_bunch(ranks_per_bunch: int) -> None:
+    size = world_size()
+    if ranks_per_bunch < 1 or size % ranks_per_bunch:
+        raise ValueError(f"the world size ({size}) must be a multiple of the ranks per NBS bunch ({ranks_per_bunch})")
 
-    Every rank must create every group (``new_group`` is collective), so all of them are built and
-    this rank's is returned. ``None`` means a bunch of one rank (no synchronisation).
+
+def bunch_sum(tensor: torch.Tensor, ranks_per_bunch: int) -> torch.Tensor:
+    """Differentiable sum over this rank's bunch of ``ranks_per_bunch`` consecutive ranks.
+
+    Done as one all-reduce over all ranks of a (bunches x n) tensor in which each rank fills its
+    bunch's row, not with ``new_group`` subgroups: those cannot be re-created after an elastic
+    restart (their store keys outlive the dead workers), and the statistics are small.
     """
     size = world_size()
-    if bunch_ranks <= 1 or size == 1:
-        return None
-    if size % bunch_ranks:
-        raise ValueError(f"the world size ({size}) must be a multiple of the ranks per NBS bunch ({bunch_ranks})")
-    if bunch_ranks == size:
-        return stats_group()
-    rank, mine = dist.get_rank(), None
-    for start in range(0, size, bunch_ranks):
-        group = dist.new_group(list(range(start, start + bunch_ranks)))
-        if start <= rank < start + bunch_ranks:
-            mine = group
-    return mine
+    if size == 1 or ranks_per_bunch == 1:
+        return tensor
+    if ranks_per_bunch == size:
+        return _AllReduceSum.apply(tensor, None)
+    bunch = dist.get_rank() // ranks_per_bunch
+    rows = torch.zeros(size // ranks_per_bunch, *tensor.shape, dtype=tensor.dtype, device=tensor.device)
+    rows = rows.index_put((torch.tensor([bunch], device=tensor.device),), tensor.unsqueeze(0))
+    return _AllReduceSum.apply(rows, None)[bunch]
 
 
 class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """Batch norm over the rows of every rank in ``group``, on any device and backend.
+    """Batch norm over the rows of ``ranks_per_bunch`` consecutive ranks, on any device and backend.
 
     ``nn.SyncBatchNorm`` needs CUDA; this one reduces the per-channel count, sum and sum of squares
-    in one differentiable all-reduce, so it runs on gloo too and its gradient is that of a batch norm
-    over the concatenated batch. Without a group it is an ordinary batch norm.
+    in one differentiable collective, so it runs on gloo too and its gradient is that of a batch norm
+    over the bunch's concatenated batch. With ``ranks_per_bunch=1`` it is an ordinary batch norm.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, group=None, device=None, dtype=None):
+                 track_running_stats: bool = True, ranks_per_bunch: int = 1, device=None, dtype=None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
-        self.group = group
+        self.ranks_per_bunch = ranks_per_bunch
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() < 2:
             raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.group is None:
+        if not self.training or self.ranks_per_bunch == 1 or world_size() == 1:
             return super().forward(x)
         dims = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
         x32 = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # statistics in >= float32
         local_count = torch.tensor([x32.numel() / x32.shape[1]], device=x.device, dtype=x32.dtype)
         stats = torch.cat([local_count, x32.sum(dims), (x32 * x32).sum(dims)])
-        stats = all_reduce_sum(stats, self.group)
+        stats = bunch_sum(stats, self.ranks_per_bunch)
         count, total, total_sq = stats[0], stats[1:1 + self.num_features], stats[1 + self.num_features:]
         mean = total / count
         var = (total_sq / count - mean * mean).clamp_min(0)
@@ -180,24 +160,26 @@ class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):
         return out.to(x.dtype)
 
 
-def synchronise_batch_norms(module: nn.Module, group, device_type: str) -> nn.Module:
-    """Replace every batch norm in ``module`` with one that spans ``group``.
+def synchronise_batch_norms(module: nn.Module, ranks_per_bunch: int, device_type: str) -> nn.Module:
+    """Replace every batch norm in ``module`` with one whose statistics span ``ranks_per_bunch`` ranks.
 
-    On CUDA this is ``nn.SyncBatchNorm``; on CPU (gloo), where that one does not run, it is
-    :class:`SyncedBatchNorm`. Weights and buffers are kept.
+    Over all ranks on CUDA this is ``nn.SyncBatchNorm``; otherwise (CPU/gloo, where that one does
+    not run, or a bunch smaller than the world) it is :class:`SyncedBatchNorm`. Weights and buffers
+    are kept.
     """
-    if group is None:
+    if world_size() == 1 or ranks_per_bunch == 1:
         return module
-    if device_type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group=group)
+    check_bunch(ranks_per_bunch)
+    if device_type == "cuda" and ranks_per_bunch == world_size():
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():
         if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, SyncedBatchNorm):
             reference = next(iter(child.state_dict().values()))
             synced = SyncedBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                     child.track_running_stats, group, device=reference.device,
+                                     child.track_running_stats, ranks_per_bunch, device=reference.device,
                                      dtype=reference.dtype)
             synced.load_state_dict(child.state_dict())
             setattr(module, name, synced)
         else:
-            synchronise_batch_norms(child, group, device_type)
+            synchronise_batch_norms(child, ranks_per_bunch, device_type)
     return module

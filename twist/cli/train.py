@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from twist.config import ConfigError, load_config
 from twist.data import CorruptImageError, DatasetError
 from twist.engine.checkpoint import CheckpointError
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, CorruptImageError, CheckpointError, TrainingDiverged) as err:
         print(f"twist-train: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     metrics = result.get("metrics")
     if metrics:
         print(format_metrics(metrics))

@@ -15,13 +15,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from twist.atomic import atomic_write
 from twist.config import ConfigError, save_config
-from twist.data import (EpochSampler, EvalDataset, ViewsDataset, build_eval_transform, build_source,
+from twist.data import (DatasetError, EpochSampler, EvalDataset, ViewsDataset, build_eval_transform, build_source,
                         build_train_transform, collate_views)
-from twist.engine.checkpoint import atomic_torch_save, load_weights_only, rng_state, set_rng_state
+from twist.distributed import (DistEnv, all_reduce_mean, init_distributed, reduce_for_logging,
+                               synchronise_batch_norms, world_size)
+from twist.engine.checkpoint import CheckpointError, atomic_torch_save, load_weights_only, rng_state, set_rng_state
 from twist.engine.logging import RunLog, plot_training_curves
 from twist.engine.optim import apply_schedules, build_optimizer, build_schedules
 from twist.eval.cluster import evaluate_clusters
@@ -60,13 +63,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_train_loader(cfg: dict[str, Any], device: torch.device) -> tuple[DataLoader, EpochSampler]:
+def build_train_loader(cfg: dict[str, Any], device: torch.device,
+                       env: DistEnv = DistEnv()) -> tuple[DataLoader, EpochSampler]:
     data = cfg["data"]
     sl = cfg["self_label"]
     later = [(sl["start_epoch"], build_train_transform(cfg, self_labeling=True))] if sl["enabled"] else []
     dataset = ViewsDataset(build_source(cfg, "train"), build_train_transform(cfg), cfg["seed"],
                            skip_corrupt=data["skip_corrupt"], later_stages=later)
-    sampler = EpochSampler(len(dataset), cfg["train"]["batch_size"], seed=cfg["seed"])
+    sampler = EpochSampler(len(dataset), cfg["train"]["batch_size"], seed=cfg["seed"], rank=env.rank,
+                           world_size=env.world_size)
     workers = data["num_workers"]
     loader = DataLoader(dataset, batch_size=cfg["train"]["batch_size"], sampler=sampler, num_workers=workers,
                         collate_fn=collate_views, pin_memory=data["pin_memory"] and device.type == "cuda",
@@ -85,8 +90,17 @@ def build_eval_loader(cfg: dict[str, Any]) -> DataLoader:
                       num_workers=cfg["data"]["num_workers"])
 
 
+def gathered_rng_states() -> list[dict[str, Any]]:
+    """Every rank's RNG state (each rank draws its own dropout), so that a resume restores all of them."""
+    states = [rng_state()]
+    if world_size() > 1:
+        states = [None] * world_size()
+        torch.distributed.all_gather_object(states, rng_state())
+    return states
+
+
 def save_checkpoint(path: str, model, teacher, optimizer, scaler, step: int, epoch: int,
-                    cfg: dict[str, Any]) -> None:
+                    cfg: dict[str, Any], rng_states: list[dict[str, Any]]) -> None:
     state = {
         "model": model.state_dict(),
         "backbone": model.backbone.state_dict(),
@@ -94,7 +108,7 @@ def save_checkpoint(path: str, model, teacher, optimizer, scaler, step: int, epo
         "scaler": scaler.state_dict(),
         "step": step,
         "epoch": epoch,
-        "rng": rng_state(),
+        "rng": rng_states,
         "config": cfg,
     }
     if teacher is not None:
@@ -120,27 +134,55 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, unit="step")
 
 
+def nbs_ranks_per_bunch(cfg: dict[str, Any], world: int) -> int:
+    """How many consecutive ranks share NBS statistics: ``model.head.nbs_bunch_size`` images, or all."""
+    bunch, batch = cfg["model"]["head"]["nbs_bunch_size"], cfg["train"]["batch_size"]
+    if bunch == 0:
+        return world
+    if bunch % batch or world % (bunch // batch):
+        raise ConfigError(f"model.head.nbs_bunch_size={bunch} must be a multiple of train.batch_size={batch}, and "
+                          f"the world size ({world}) a multiple of bunch/batch ({bunch / batch:g}) ranks")
+    return bunch // batch
+
+
+def build_distributed_model(cfg: dict[str, Any], device: torch.device, env: DistEnv):
+    """The twin model on ``device``; across ranks, every batch norm synchronised and the NBS per bunch."""
+    model = build_model(cfg).to(device)
+    if env.enabled:
+        synchronise_batch_norms(model.backbone, env.world_size, device.type)
+        synchronise_batch_norms(model.head.mlp, env.world_size, device.type)
+        synchronise_batch_norms(model.head, nbs_ranks_per_bunch(cfg, env.world_size), device.type)
+    return model
+
+
 def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) -> dict[str, Any]:
     """Pretrain (resuming from ``output_dir/checkpoint.pth`` if present) and evaluate.
 
-    ``max_steps`` stops the run after that many optimiser steps in total, with a checkpoint, as a
-    job that runs out of time would; running again continues from there.
+    Runs alone, or as one rank of a ``torchrun``/SLURM job: then every batch norm spans the ranks,
+    the loss is that of the global batch, and only rank 0 writes files. ``max_steps`` stops the run
+    after that many optimiser steps in total, with a checkpoint, as a job that runs out of time
+    would; running again continues from there.
     """
-    os.makedirs(output_dir, exist_ok=True)
     device = resolve_device(cfg["device"])
+    env = init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+    if env.is_main:
+        os.makedirs(output_dir, exist_ok=True)
     amp_dtype = autocast_dtype(cfg["train"]["precision"], device)
-    seed_everything(cfg["seed"])
+    seed_everything(cfg["seed"])  # the same initial weights on every rank
 
-    loader, sampler = build_train_loader(cfg, device)
-    model = build_model(cfg).to(device)
-    teacher = EMATeacher(build_model(cfg), model).to(device) if cfg["teacher"]["enabled"] else None
-    twist_loss = TwistLoss(**cfg["loss"])
+    loader, sampler = build_train_loader(cfg, device, env)
+    model = build_distributed_model(cfg, device, env)
+    teacher = (EMATeacher(build_distributed_model(cfg, device, env), model) if cfg["teacher"]["enabled"]
+               else None)
+    twist_loss = TwistLoss(**cfg["loss"], batch_mean=all_reduce_mean)
     self_label_loss = SelfLabelLoss(cfg["loss"]["tau"])
     optimizer = build_optimizer(model, cfg["optim"])
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     epochs, steps_per_epoch = cfg["train"]["epochs"], sampler.batches_per_epoch
     total_steps = epochs * steps_per_epoch
-    schedules = build_schedules(cfg, steps_per_epoch, global_batch=cfg["train"]["batch_size"])
+    schedules = build_schedules(cfg, steps_per_epoch, global_batch=cfg["train"]["batch_size"] * env.world_size)
     self_label_from = (cfg["self_label"]["start_epoch"] * steps_per_epoch if cfg["self_label"]["enabled"]
                        else total_steps)
 
@@ -153,15 +195,32 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
             teacher.model.load_state_dict(state["teacher"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        if len(state["rng"]) != env.world_size:
+            raise CheckpointError(f"checkpoint '{checkpoint_path}' was written by {len(state['rng'])} ranks; "
+                                  f"resume it with the same number ({env.world_size} now)")
+        set_rng_state(state["rng"][env.rank])
         step = state["step"]
-        print(f"resumed from {checkpoint_path} at step {step} (epoch {step // steps_per_epoch})")
-    save_config(cfg, os.path.join(output_dir, "config.yaml"))
-    log = RunLog(output_dir)
+        if env.is_main:
+            print(f"resumed from {checkpoint_path} at step {step} (epoch {step // steps_per_epoch})")
+    else:
+        torch.manual_seed(cfg["seed"] + env.rank)  # each rank its own dropout stream
+    # Only rank 0 writes; the others keep no handle on the output directory.
+    if env.is_main:
+        save_config(cfg, os.path.join(output_dir, "config.yaml"))
+    log = RunLog(output_dir) if env.is_main else None
     stop_at = total_steps if max_steps is None else min(max_steps, total_steps)
     checkpoint_every = cfg["train"]["checkpoint_every"]
-    bar = _progress(stop_at, step, cfg["train"]["progress_bar"])
+    bar = _progress(stop_at, step, cfg["train"]["progress_bar"] and env.is_main)
+    raw_model = model
+    if env.enabled:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     model.train()
+
+    def checkpoint(epoch: int) -> None:
+        rng_states = gathered_rng_states()  # collective: every rank takes part
+        if env.is_main:
+            save_checkpoint(checkpoint_path, raw_model, teacher, optimizer, scaler, step, epoch, cfg, rng_states)
+
     skipped_total, window_start, window_images = 0, time.perf_counter(), 0
 
     while step < stop_at:
@@ -170,6 +229,9 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
         for batch in loader:
             apply_schedules(optimizer, schedules, step, cfg["optim"]["bias_lr_ratio"])
             if batch is None:  # every image of the batch was corrupt and skipped
+                if env.enabled:  # the other ranks are about to enter collectives this rank would skip
+                    raise DatasetError(f"rank {env.rank}: every image of a batch at step {step} is unreadable; "
+                                       f"fix or remove those files")
                 skipped_total += cfg["train"]["batch_size"]
                 step += 1
                 continue
@@ -186,13 +248,15 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
                 terms = twist_loss(logits, teacher_logits)
             optimizer_step(terms["loss"], model, optimizer, scaler, cfg["optim"]["clip_grad_norm"])
             if teacher is not None:
-                teacher.update(model, float(schedules["momentum"][step]))
+                teacher.update(raw_model, float(schedules["momentum"][step]))
             step += 1
             window_images += views[0].shape[0]
             bar.update(1)
 
             if step % cfg["train"]["log_every"] == 0 or step == stop_at:
-                values = {k: v.item() for k, v in terms.items()}
+                names = list(terms)
+                reduced = reduce_for_logging(torch.stack([terms[k].detach().float() for k in names]))
+                values = dict(zip(names, reduced.tolist()))  # means over ranks: the global figures
                 if not math.isfinite(values["loss"]):
                     raise TrainingDiverged(f"loss is {values['loss']} at step {step}; "
                                            f"the last good state is {checkpoint_path}")
@@ -201,24 +265,30 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
                 record = {"kind": "train", "stage": stage, "step": step, "epoch": epoch, **values,
                           "lr": optimizer.param_groups[0]["lr"],
                           "weight_decay": optimizer.param_groups[0]["weight_decay"],
-                          "images_per_s": window_images / max(elapsed, 1e-9), "skipped_images": skipped_total}
-                log.write(record)
+                          "images_per_s": env.world_size * window_images / max(elapsed, 1e-9),
+                          "skipped_images": skipped_total}
+                if log is not None:
+                    log.write(record)
                 bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.3g}",
                                 img_s=f"{record['images_per_s']:.0f}")
                 window_start, window_images = time.perf_counter(), 0
             if checkpoint_every and step % checkpoint_every == 0:
-                save_checkpoint(checkpoint_path, model, teacher, optimizer, scaler, step, epoch, cfg)
+                checkpoint(epoch)
             if step >= stop_at:
                 break
         if step % steps_per_epoch == 0 or step >= stop_at:
-            save_checkpoint(checkpoint_path, model, teacher, optimizer, scaler, step, step // steps_per_epoch, cfg)
-            log.write({"kind": "epoch", "step": step, "epoch": epoch, "skipped_images": skipped_total})
+            checkpoint(step // steps_per_epoch)
+            if log is not None:
+                log.write({"kind": "epoch", "step": step, "epoch": epoch, "skipped_images": skipped_total})
     bar.close()
+    result: dict[str, Any] = {"step": step, "finished": step >= total_steps}
+    if not env.is_main:
+        return result
+    model = raw_model
 
     atomic_torch_save(model.backbone.state_dict(), os.path.join(output_dir, BACKBONE))
     if teacher is not None:
         atomic_torch_save(teacher.model.backbone.state_dict(), os.path.join(output_dir, TEACHER_BACKBONE))
-    result: dict[str, Any] = {"step": step, "finished": step >= total_steps}
     if step >= total_steps and cfg["eval"]["enabled"]:
         metrics = evaluate_clusters(model, build_eval_loader(cfg), device, cfg["model"]["head"]["num_classes"],
                                     cfg["seed"], amp_dtype, kmeans=cfg["eval"]["kmeans_baseline"])

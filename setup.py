@@ -28,7 +28,8 @@ setup(
         "lmdb>=1.4",
     ],
     extras_require={
-        "dev": ["pytest>=7"],
+        "dev": ["pytest>=7", "submitit>=1.5"],
+        "slurm": ["submitit>=1.5"],
         "seg": ["mmengine>=0.10,<0.11", "mmcv-lite==2.1.0", "mmsegmentation==1.2.2", "ftfy", "regex"],
         # Detectron2 itself is installed from its own guide; it is not on the package index.
         "det": ["pycocotools>=2.0"],

@@ -49,9 +49,23 @@ def init_distributed(device_type: str) -> DistEnv:
     if device_type == "cuda":
         torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", init_method="env://",
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", store=_attempt_store(env),
                                 rank=env.rank, world_size=env.world_size)
     return env
+
+
+def _attempt_store(env: DistEnv) -> dist.Store:
+    """The rendezvous store at MASTER_ADDR:MASTER_PORT, with keys private to this restart attempt.
+
+    After torchrun restarts a failed group, the store can still hold the dead workers' addresses;
+    without a per-attempt prefix a new rank may connect to one of them and the restart fails.
+    """
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(host, port, env.world_size, is_master=env.rank == 0 and not agent_hosts_store,
+                          multi_tenant=not agent_hosts_store)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"twist/attempt_{attempt}/", store)
 
 
 def world_size() -> int:

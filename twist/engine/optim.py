@@ -50,7 +50,7 @@ class LARS(torch.optim.Optimizer):
                 grad_norms = torch._foreach_norm([p.grad for p in params])
                 for update, p_norm, g_norm in zip(grads, param_norms, grad_norms):
                     ratio = group["eta"] * p_norm / (g_norm + wd * p_norm)
-                    ratio = torch.where((p_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
+                    ratio = torch.where((p_norm > 0) & (g_norm > 0), ratio, 1.0)
                     update.mul_(ratio)
             torch._foreach_mul_(grads, lr)
             for p, update in zip(params, grads):

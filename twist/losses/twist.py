@@ -102,6 +102,6 @@ class TwistLoss(nn.Module):
         consistency = sum(0.5 * (self._kl(p[a], p[b]) + self._kl(p[b], p[a])) for a, b in pairs) / len(pairs)
         weights = [sum(v in pair for pair in pairs) / (2 * len(pairs)) for v in range(len(logits))]
         sharpness = sum(w * self._row_entropy(qv) for w, qv in zip(weights, q))
-        diversity = (torch.tensor(weights, device=q[0].device) * self._entropies_of_means(q)).sum()
+        diversity = sum(w * entropy for w, entropy in zip(weights, self._entropies_of_means(q)))
         loss = consistency + (1.0 + self.lam1) * sharpness - self.lam2 * diversity
         return {"loss": loss, "consistency": consistency, "sharpness": sharpness, "diversity": diversity}

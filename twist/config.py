@@ -10,7 +10,7 @@ import copy
 import difflib
 import os
 import re
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -48,11 +48,15 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "dataset": "folder",
         "path": "",
+        # The split pretraining reads: a folder's sub-folder, an LMDB's <split>.lmdb; digits: all, train, val.
+        "train_split": "train",
         "image_size": 224,
         "num_samples": 512,
         "num_classes": 10,
-        # file list only: lines "<path relative to data.path> <integer label>".
+        # file list only: lines "<path relative to data.path> <integer label>" (or "<path>": unlabelled).
         "list_file": "",
+        # file list only: the val split, used by evaluation.
+        "val_list_file": "",
         "num_workers": 8,
         "pin_memory": True,
         "persistent_workers": False,
@@ -97,6 +101,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "eval": {
         "enabled": False,
+        # The split the end-of-run evaluation reads (see data.train_split).
+        "split": "val",
         "batch_size": 256,
         "kmeans_baseline": False,
     },
@@ -200,7 +206,7 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _read_yaml(text_or_stream):
+def read_yaml(text_or_stream):
     return yaml.load(text_or_stream, Loader=_Loader)
 
 
@@ -219,75 +225,119 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-_DEFAULT_LEAVES = _flatten(DEFAULTS)
-_DEFAULT_SECTIONS = {k.rsplit(".", 1)[0] for k in _DEFAULT_LEAVES if "." in k}
+class Schema:
+    """The declared keys of one kind of config: defaults (whose types are the keys' types), allowed
+    choices, numeric ranges, fixed-length lists, and a check of the values against each other."""
 
+    def __init__(self, defaults: dict[str, Any], choices: dict[str, tuple[str, ...]],
+                 ranges: dict[str, tuple[float | None, float | None]],
+                 list_shapes: dict[str, tuple[int, float, float]],
+                 consistency: Callable[[dict[str, Any], str], None] | None = None):
+        self.defaults, self.choices, self.ranges, self.list_shapes = defaults, choices, ranges, list_shapes
+        self.consistency = consistency
+        self.leaves = _flatten(defaults)
+        self.sections = {k.rsplit(".", 1)[0] for k in self.leaves if "." in k}
 
-def _unknown_key(path: str, source: str) -> ConfigError:
-    # Never suggest a section the key already sits in ('train' for 'train.lr').
-    candidates = [c for c in list(_DEFAULT_LEAVES) + sorted(_DEFAULT_SECTIONS) if not path.startswith(c + ".")]
-    leaf = path.rsplit(".", 1)[-1]
-    # The right leaf name under the wrong section, e.g. 'train.lr' for 'optim.lr'.
-    close = [c for c in candidates if c.rsplit(".", 1)[-1] == leaf][:1]
-    if not close:
-        close = difflib.get_close_matches(path, candidates, n=1, cutoff=0.6)
-    if not close:  # a misspelt leaf under the wrong section
-        by_leaf = {c.rsplit(".", 1)[-1]: c for c in candidates}
-        close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)]
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return ConfigError(f"{source}: unknown config key '{path}'{hint}")
+    def unknown_key(self, path: str, source: str) -> ConfigError:
+        # Never suggest a section the key already sits in ('train' for 'train.lr').
+        candidates = [c for c in list(self.leaves) + sorted(self.sections) if not path.startswith(c + ".")]
+        leaf = path.rsplit(".", 1)[-1]
+        # The right leaf name under the wrong section, e.g. 'train.lr' for 'optim.lr'.
+        close = [c for c in candidates if c.rsplit(".", 1)[-1] == leaf][:1]
+        if not close:
+            close = difflib.get_close_matches(path, candidates, n=1, cutoff=0.6)
+        if not close:  # a misspelt leaf under the wrong section
+            by_leaf = {c.rsplit(".", 1)[-1]: c for c in candidates}
+            close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)]
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return ConfigError(f"{source}: unknown config key '{path}'{hint}")
 
+    def check_value(self, path: str, value: Any, source: str) -> Any:
+        """Return ``value`` converted to the declared type of ``path``, or raise ConfigError."""
+        default = self.leaves[path]
+        expected = type(default)
+        if expected is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{source}: '{path}' must be true or false, got {value!r}")
+        elif expected is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{source}: '{path}' must be an integer, got {value!r}")
+        elif expected is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{source}: '{path}' must be a number, got {value!r}")
+            value = float(value)
+            if value != value:  # NaN passes every range check below
+                raise ConfigError(f"{source}: '{path}' must be a number, got {value!r}")
+        elif expected is str:
+            if not isinstance(value, str):
+                raise ConfigError(f"{source}: '{path}' must be a string, got {value!r}")
+        elif expected is list:
+            length, low, high = self.list_shapes[path]
+            if (not isinstance(value, (list, tuple)) or len(value) != length
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+                raise ConfigError(f"{source}: '{path}' must be a list of {length} numbers, got {value!r}")
+            value = [float(v) for v in value]
+            if not all(low <= v <= high for v in value):
+                raise ConfigError(f"{source}: '{path}' values must lie in [{low}, {high}], got {value!r}")
+        if path in self.choices and value not in self.choices[path]:
+            raise ConfigError(f"{source}: '{path}' must be one of {', '.join(self.choices[path])}; got {value!r}")
+        if path in self.ranges:
+            low, high = self.ranges[path]
+            if (low is not None and value < low) or (high is not None and value > high):
+                bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+                raise ConfigError(f"{source}: '{path}' must lie in {bounds}, got {value!r}")
+        return value
 
-def _check_value(path: str, value: Any, source: str) -> Any:
-    """Return ``value`` converted to the declared type of ``path``, or raise ConfigError."""
-    default = _DEFAULT_LEAVES[path]
-    expected = type(default)
-    if expected is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: '{path}' must be true or false, got {value!r}")
-    elif expected is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: '{path}' must be an integer, got {value!r}")
-    elif expected is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: '{path}' must be a number, got {value!r}")
-        value = float(value)
-        if value != value:  # NaN passes every range check below
-            raise ConfigError(f"{source}: '{path}' must be a number, got {value!r}")
-    elif expected is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{source}: '{path}' must be a string, got {value!r}")
-    elif expected is list:
-        length, low, high = LIST_SHAPES[path]
-        if (not isinstance(value, (list, tuple)) or len(value) != length
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-            raise ConfigError(f"{source}: '{path}' must be a list of {length} numbers, got {value!r}")
-        value = [float(v) for v in value]
-        if not all(low <= v <= high for v in value):
-            raise ConfigError(f"{source}: '{path}' values must lie in [{low}, {high}], got {value!r}")
-    if path in CHOICES and value not in CHOICES[path]:
-        raise ConfigError(f"{source}: '{path}' must be one of {', '.join(CHOICES[path])}; got {value!r}")
-    if path in RANGES:
-        low, high = RANGES[path]
-        if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-            raise ConfigError(f"{source}: '{path}' must lie in {bounds}, got {value!r}")
-    return value
+    def merge(self, base: dict[str, Any], update: dict[str, Any], source: str, prefix: str = "") -> None:
+        if not isinstance(update, dict):
+            raise ConfigError(f"{source}: expected a mapping at '{prefix.rstrip('.') or '<top>'}', got {update!r}")
+        for key, value in update.items():
+            path = f"{prefix}{key}"
+            if not isinstance(key, str) or key not in base:
+                raise self.unknown_key(path, source)
+            if isinstance(base[key], dict):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{source}: '{path}' is a section; expected a mapping, got {value!r}")
+                self.merge(base[key], value, source, path + ".")
+            else:
+                base[key] = self.check_value(path, value, source)
 
+    def parse_override(self, text: str) -> tuple[str, Any]:
+        """Split ``a.b.c=value``; the value is read as YAML, so ``0.1``, ``true`` and ``[1, 2]`` are typed."""
+        if "=" not in text:
+            raise ConfigError(f"override '{text}' must look like dotted.key=value")
+        key, raw = text.split("=", 1)
+        key = key.strip()
+        if isinstance(self.leaves.get(key), str):  # a path or a name: 'data.path=2024' means the text 2024
+            return key, raw
+        try:
+            value = read_yaml(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{text}': value is not valid YAML ({err})") from None
+        return key, value
 
-def _merge(base: dict[str, Any], update: dict[str, Any], source: str, prefix: str = "") -> None:
-    if not isinstance(update, dict):
-        raise ConfigError(f"{source}: expected a mapping at '{prefix.rstrip('.') or '<top>'}', got {update!r}")
-    for key, value in update.items():
-        path = f"{prefix}{key}"
-        if not isinstance(key, str) or key not in base:
-            raise _unknown_key(path, source)
-        if isinstance(base[key], dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{source}: '{path}' is a section; expected a mapping, got {value!r}")
-            _merge(base[key], value, source, path + ".")
-        else:
-            base[key] = _check_value(path, value, source)
+    def load(self, path: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+             bases: list[tuple[str, dict[str, Any]]] = ()) -> dict[str, Any]:
+        """Defaults, then each ``(source, partial tree)`` of ``bases``, then the YAML file at ``path``,
+        then each ``dotted.key=value`` override, checked."""
+        cfg = copy.deepcopy(self.defaults)
+        for source, tree in bases:
+            self.merge(cfg, tree, source)
+        if path is not None:
+            if not os.path.isfile(path):
+                raise ConfigError(f"config file '{path}' does not exist")
+            with open(path, encoding="utf-8") as f:
+                try:
+                    data = read_yaml(f)
+                except yaml.YAMLError as err:
+                    raise ConfigError(f"{path}: not valid YAML ({err})") from None
+            self.merge(cfg, data or {}, path)
+        for text in overrides:
+            key, value = self.parse_override(text)
+            self.merge(cfg, _nest(key, value), f"override '{text}'")
+        if self.consistency is not None:
+            self.consistency(cfg, path or "config")
+        return cfg
 
 
 def _check_consistency(cfg: dict[str, Any], source: str) -> None:
@@ -296,12 +346,7 @@ def _check_consistency(cfg: dict[str, Any], source: str) -> None:
         low, high = cfg[section][leaf]
         if low > high:
             raise ConfigError(f"{source}: '{key}' must be [low, high] with low <= high, got {[low, high]}")
-    data = cfg["data"]
-    if data["dataset"] in ("folder", "filelist", "lmdb") and not data["path"]:
-        raise ConfigError(f"{source}: 'data.path' must name the dataset location when data.dataset is "
-                          f"'{data['dataset']}'")
-    if data["dataset"] == "filelist" and not data["list_file"]:
-        raise ConfigError(f"{source}: 'data.list_file' must name the list of images when data.dataset is 'filelist'")
+    check_data_section(cfg["data"], source)
     sl = cfg["self_label"]
     if sl["enabled"] and sl["start_epoch"] >= cfg["train"]["epochs"]:
         raise ConfigError(f"{source}: 'self_label.start_epoch' ({sl['start_epoch']}) must be below train.epochs "
@@ -311,19 +356,12 @@ def _check_consistency(cfg: dict[str, Any], source: str) -> None:
                           f"pseudo-label and must be above 0, got {sl['quantile']}")
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """Split ``a.b.c=value``; the value is read as YAML, so ``0.1``, ``true`` and ``[1, 2]`` are typed."""
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like dotted.key=value")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if isinstance(_DEFAULT_LEAVES.get(key), str):  # a path or a name: 'data.path=2024' means the text 2024
-        return key, raw
-    try:
-        value = _read_yaml(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override '{text}': value is not valid YAML ({err})") from None
-    return key, value
+def check_data_section(data: dict[str, Any], source: str) -> None:
+    if data["dataset"] in ("folder", "filelist", "lmdb") and not data["path"]:
+        raise ConfigError(f"{source}: 'data.path' must name the dataset location when data.dataset is "
+                          f"'{data['dataset']}'")
+    if data["dataset"] == "filelist" and not data["list_file"]:
+        raise ConfigError(f"{source}: 'data.list_file' must name the list of images when data.dataset is 'filelist'")
 
 
 def _nest(path: str, value: Any) -> dict[str, Any]:
@@ -333,23 +371,16 @@ def _nest(path: str, value: Any) -> dict[str, Any]:
     return tree
 
 
+PRETRAIN = Schema(DEFAULTS, CHOICES, RANGES, LIST_SHAPES, _check_consistency)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    return PRETRAIN.parse_override(text)
+
+
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Defaults, then the YAML file at ``path``, then each ``dotted.key=value`` override, checked."""
-    cfg = copy.deepcopy(DEFAULTS)
-    if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file '{path}' does not exist")
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = _read_yaml(f)
-            except yaml.YAMLError as err:
-                raise ConfigError(f"{path}: not valid YAML ({err})") from None
-        _merge(cfg, data or {}, path)
-    for text in overrides:
-        key, value = parse_override(text)
-        _merge(cfg, _nest(key, value), f"override '{text}'")
-    _check_consistency(cfg, path or "config")
-    return cfg
+    """The pretraining config: defaults, then the YAML file at ``path``, then each override, checked."""
+    return PRETRAIN.load(path, overrides)
 
 
 def save_config(cfg: dict[str, Any], path: str) -> None:

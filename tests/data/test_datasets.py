@@ -301,3 +301,21 @@ def test_eval_dataset_items():
     ds = EvalDataset(src, build_eval_transform(cfg))
     x, label, index = ds[4]
     assert len(ds) == 12 and x.shape == (3, 32, 32) and label == src.labels[4] and index == 4
+
+
+def test_digits_splits_partition_the_bundled_set_by_class():
+    every, train, val = DigitsSource("all"), DigitsSource("train"), DigitsSource("val")
+    assert (len(every), len(train), len(val)) == (1797, 1442, 355)
+    combined = np.concatenate([train.images, val.images]).reshape(1797, -1)
+    assert len({row.tobytes() for row in combined}) == len({row.tobytes() for row in every.images.reshape(1797, -1)})
+    for digit in range(10):  # every fifth image of each class
+        assert int((val.labels == digit).sum()) == int((every.labels == digit).sum()) // 5
+    with pytest.raises(DatasetError, match="splits 'all', 'train' and 'val', not 'test'"):
+        DigitsSource("test")
+
+
+def test_synthetic_val_split_shares_the_classes_but_not_the_images():
+    train, val = SyntheticSource(40, 4, 16, seed=3), SyntheticSource(40, 4, 16, seed=3, split="val")
+    assert len(val) == 10 and val.classes == train.classes
+    assert not any(np.array_equal(v, t) for v in val.images for t in train.images)
+    np.testing.assert_array_equal(val.images, SyntheticSource(40, 4, 16, seed=3, split="val").images)

@@ -108,3 +108,28 @@ def test_file_list_round_trip_and_errors(tmp_path):
         FileListSource(str(tmp_path), "gone.txt").load(0)
     with pytest.raises(DatasetError, match="nowhere.txt"):
         FileListSource(str(tmp_path), "nowhere.txt")
+
+
+def test_a_file_list_of_bare_paths_is_unlabelled(tmp_path):
+    _folder(tmp_path / "imgs")
+    (tmp_path / "list.txt").write_text("imgs/cat/0.png\nimgs/dog/2.png\n")
+    source = FileListSource(str(tmp_path), "list.txt")
+    assert not source.labelled and source.classes == [] and source.load(1)[1] == -1
+    (tmp_path / "neg.txt").write_text("imgs/cat/0.png -3\n")
+    with pytest.raises(DatasetError, match=r"neg.txt, line 1: labels must be integers >= 0, got '-3'"):
+        FileListSource(str(tmp_path), "neg.txt")
+    (tmp_path / "mixed.txt").write_text("imgs/cat/0.png\nimgs/cat/1.png 0\n")
+    with pytest.raises(DatasetError, match=r"mixed.txt, line 2: expected '<path>' alone like the lines before it"):
+        FileListSource(str(tmp_path), "mixed.txt")
+
+
+def test_the_val_split_of_a_file_list_is_its_own_list(tmp_path):
+    _folder(tmp_path / "imgs")
+    (tmp_path / "train.txt").write_text("imgs/cat/0.png 0\n")
+    (tmp_path / "val.txt").write_text("imgs/dog/2.png 1\nimgs/cat/1.png 0\n")
+    cfg = load_config(None, ["data.dataset=filelist", f"data.path={tmp_path}", "data.list_file=train.txt"])
+    assert len(build_source(cfg, "train")) == 1
+    with pytest.raises(DatasetError, match="has no 'val' split: set data.val_list_file"):
+        build_source(cfg, "val")
+    cfg["data"]["val_list_file"] = "val.txt"
+    assert len(build_source(cfg, "val")) == 2

@@ -7,7 +7,8 @@ import os
 import torch
 
 from twist.config import load_config
-from twist.engine.trainer import build_eval_loader, train
+from twist.data import EvalDataset, build_eval_transform, build_source
+from twist.engine.trainer import train
 from twist.models import build_model
 
 NUM_CLASSES = 10
@@ -15,6 +16,11 @@ NUM_CLASSES = 10
 # can be: ten perfectly separated, balanced clusters still have a mean entropy of about 0.39 log C.
 SHARP = 0.75
 UNIFORM = 0.95
+
+
+def _val_loader(cfg):
+    dataset = EvalDataset(build_source(cfg, cfg["eval"]["split"]), build_eval_transform(cfg))
+    return torch.utils.data.DataLoader(dataset, batch_size=256)
 
 
 def _trained_distributions(tmp_path, extra):
@@ -27,7 +33,7 @@ def _trained_distributions(tmp_path, extra):
     model.load_state_dict(torch.load(os.path.join(tmp_path, "checkpoint.pth"), weights_only=True)["model"])
     model.eval()
     with torch.no_grad():
-        probs = torch.cat([torch.softmax(model([images])[0], dim=1) for images, _, _ in build_eval_loader(cfg)])
+        probs = torch.cat([torch.softmax(model([images])[0], dim=1) for images, _, _ in _val_loader(cfg)])
     per_sample_entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1).mean().item()
     mean = probs.mean(0)
     entropy_of_mean = -(mean * mean.clamp_min(1e-12).log()).sum().item()

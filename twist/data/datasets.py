@@ -42,6 +42,7 @@ class ImageFolderSource:
                 for file in sorted(files):
                     if file.lower().endswith(IMAGE_EXTENSIONS):
                         self.samples.append((os.path.join(dirpath, file), label))
+        self.labelled = True
         if not self.samples:
             raise DatasetError(f"image folder '{root}' has class folders but no images with extensions "
                                f"{', '.join(IMAGE_EXTENSIONS)}")
@@ -66,8 +67,15 @@ def decode_image(data: bytes, where: str) -> Image.Image:
         raise CorruptImageError(f"cannot read image {where}: {err}") from None
 
 
+UNLABELLED = -1
+
+
 class FileListSource:
-    """Images named in a text file, one ``<path> <integer label>`` per line; paths relative to ``root``."""
+    """Images named in a text file, one ``<path> <integer label>`` per line; paths relative to ``root``.
+
+    A list whose lines are all a bare ``<path>`` is unlabelled (fine for pretraining; the evaluation
+    protocols that need labels refuse it). Mixing the two forms is an error.
+    """
 
     def __init__(self, root: str, list_file: str):
         list_path = list_file if os.path.isabs(list_file) else os.path.join(root, list_file)
@@ -79,14 +87,21 @@ class FileListSource:
                 if not line.strip() or line.lstrip().startswith("#"):
                     continue
                 parts = line.rsplit(maxsplit=1)
-                if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                    raise DatasetError(f"{list_path}, line {number}: expected '<path> <integer label>', "
-                                       f"got {line.rstrip()!r}")
-                path = parts[0] if os.path.isabs(parts[0]) else os.path.join(root, parts[0])
-                self.samples.append((path, int(parts[1])))
+                labelled = len(parts) == 2 and parts[1].isdigit()
+                if len(parts) == 2 and parts[1].lstrip("-").isdigit() and not labelled:
+                    raise DatasetError(f"{list_path}, line {number}: labels must be integers >= 0, "
+                                       f"got {parts[1]!r}")
+                if self.samples and labelled != (self.samples[-1][1] != UNLABELLED):
+                    expected = "'<path> <integer label>'" if not labelled else "'<path>' alone"
+                    raise DatasetError(f"{list_path}, line {number}: expected {expected} like the lines before it "
+                                       f"(a list is either all labelled or all unlabelled), got {line.rstrip()!r}")
+                name = parts[0] if labelled else line.strip()
+                path = name if os.path.isabs(name) else os.path.join(root, name)
+                self.samples.append((path, int(parts[1]) if labelled else UNLABELLED))
         if not self.samples:
             raise DatasetError(f"image list '{list_path}' names no images")
-        self.classes = [str(c) for c in sorted({label for _, label in self.samples})]
+        self.labelled = self.samples[0][1] != UNLABELLED
+        self.classes = [str(c) for c in sorted({label for _, label in self.samples})] if self.labelled else []
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -133,6 +148,7 @@ class LMDBSource:
                                f"build it with tools/build_lmdb.py")
         self.length = int(length)
         self.classes = json.loads(classes) if classes else []
+        self.labelled = True
         self._env.close()
         self._env = None
 
@@ -160,24 +176,53 @@ class LMDBSource:
         label = int.from_bytes(record[:8], "little", signed=True)
         return decode_image(record[8:], where), label
 
+    def read_labels(self) -> np.ndarray:
+        """Every record's label, read from the records' first 8 bytes without decoding the images."""
+        labels = np.empty(self.length, dtype=np.int64)
+        with self._open().begin() as txn:
+            for index in range(self.length):
+                record = txn.get(lmdb_record_key(index))
+                if record is None or len(record) < 8:
+                    raise CorruptImageError(f"record {index} of LMDB '{self.path}' is missing or truncated")
+                labels[index] = int.from_bytes(record[:8], "little", signed=True)
+        return labels
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_env"], state["_pid"] = None, None  # workers open their own handle
         return state
 
 
+DIGITS_VAL_EVERY = 5
+
+
 class DigitsSource:
-    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), as 8-bit grayscale."""
+    """scikit-learn's bundled 8x8 handwritten digits, as 8-bit grayscale.
+
+    Splits: ``all`` (the 1,797 images in the bundled order), and a fixed stratified ``train``/``val``
+    partition of them: within each class, in the bundled order, every fifth image (the 5th, 10th,
+    ...) is in ``val`` (355 images) and the others in ``train`` (1,442).
+    """
 
     classes = [str(d) for d in range(10)]
+    labelled = True
 
-    def __init__(self):
+    def __init__(self, split: str = "all"):
         from sklearn.datasets import load_digits
 
+        if split not in ("all", "train", "val"):
+            raise DatasetError(f"the digits set has splits 'all', 'train' and 'val', not '{split}'")
         digits = load_digits()
+        targets = digits.target.astype(np.int64)
+        position_in_class = np.zeros(len(targets), dtype=np.int64)
+        for label in np.unique(targets):
+            members = np.flatnonzero(targets == label)
+            position_in_class[members] = np.arange(len(members))
+        in_val = position_in_class % DIGITS_VAL_EVERY == DIGITS_VAL_EVERY - 1
+        keep = {"all": np.ones_like(in_val), "train": ~in_val, "val": in_val}[split]
         # Pixel values are 0..16; spread them over 0..255.
-        self.images = np.clip(np.round(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-        self.labels = digits.target.astype(np.int64)
+        self.images = np.clip(np.round(digits.images[keep] * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+        self.labels = targets[keep]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -187,16 +232,28 @@ class DigitsSource:
 
 
 class SyntheticSource:
-    """Small RGB images of class-specific coloured blobs plus noise, made from a seed; for tests."""
+    """Small RGB images of class-specific coloured blobs plus noise, made from a seed; for tests.
 
-    def __init__(self, num_samples: int, num_classes: int, image_size: int, seed: int = 0):
+    The ``val`` split has ``num_samples // 4`` (at least one) new images of the same classes: the
+    class prototypes come from ``seed``, the val images' labels and noise from a separate stream.
+    """
+
+    labelled = True
+
+    def __init__(self, num_samples: int, num_classes: int, image_size: int, seed: int = 0, split: str = "train"):
+        if split not in ("train", "val"):
+            raise DatasetError(f"the synthetic set has splits 'train' and 'val', not '{split}'")
         self.classes = [f"class_{c}" for c in range(num_classes)]
         rng = np.random.default_rng(seed)
-        self.labels = rng.integers(0, num_classes, size=num_samples)
+        labels = rng.integers(0, num_classes, size=num_samples)
         centres = rng.uniform(0.2, 0.8, size=(num_classes, 2))
         colours = rng.uniform(0, 255, size=(num_classes, 3))
+        if split == "val":
+            rng = np.random.default_rng([seed, 1])
+            labels = rng.integers(0, num_classes, size=max(1, num_samples // 4))
+        self.labels = labels
         yy, xx = np.mgrid[0:image_size, 0:image_size] / image_size
-        self.images = np.empty((num_samples, image_size, image_size, 3), dtype=np.uint8)
+        self.images = np.empty((len(labels), image_size, image_size, 3), dtype=np.uint8)
         for i, label in enumerate(self.labels):
             cy, cx = centres[label] + rng.normal(0, 0.05, size=2)
             blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.02)[..., None]
@@ -211,10 +268,11 @@ class SyntheticSource:
 
 
 def build_source(cfg: dict[str, Any], split: str = "train"):
-    """The image source of ``cfg['data']``.
+    """The image source of ``cfg['data']`` for ``split``.
 
-    A folder reads ``<path>/<split>/<class>/<image>``, an LMDB ``<path>/<split>.lmdb``; a file list
-    serves both splits from ``data.list_file``.
+    A folder reads ``<path>/<split>/<class>/<image>``, an LMDB ``<path>/<split>.lmdb``, a file list
+    ``data.list_file`` ('train') or ``data.val_list_file`` ('val'); digits ('all', 'train', 'val')
+    and synthetic ('train', 'val') have their splits built in.
     """
     data = cfg["data"]
     if data["dataset"] == "folder":
@@ -224,13 +282,20 @@ def build_source(cfg: dict[str, Any], split: str = "train"):
                                f"train/<class>/<image> and val/<class>/<image> (ImageNet layout)")
         return ImageFolderSource(root)
     if data["dataset"] == "filelist":
-        return FileListSource(data["path"], data["list_file"])
+        if split not in ("train", "val"):
+            raise DatasetError(f"the file-list dataset has splits 'train' (data.list_file) and 'val' "
+                               f"(data.val_list_file), not '{split}'")
+        list_file = data["list_file"] if split == "train" else data["val_list_file"]
+        if not list_file:
+            raise DatasetError("the file-list dataset has no 'val' split: set data.val_list_file")
+        return FileListSource(data["path"], list_file)
     if data["dataset"] == "lmdb":
         return LMDBSource(os.path.join(data["path"], f"{split}.lmdb"))
     if data["dataset"] == "digits":
-        return DigitsSource()
+        return DigitsSource(split)
     if data["dataset"] == "synthetic":
-        return SyntheticSource(data["num_samples"], data["num_classes"], data["image_size"], seed=cfg["seed"])
+        return SyntheticSource(data["num_samples"], data["num_classes"], data["image_size"], seed=cfg["seed"],
+                               split=split)
     raise DatasetError(f"unknown data.dataset '{data['dataset']}'")
 
 

@@ -108,14 +108,43 @@ def build_train_transform(cfg: dict[str, Any], self_labeling: bool = False) -> M
     return MultiView(views + [local] * aug["local_crops"])
 
 
-def build_eval_transform(cfg: dict[str, Any]) -> T.Compose:
-    size = cfg["data"]["image_size"]
-    if cfg["augment"]["pipeline"] == "small_gray":
+_INTERPOLATION = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+
+
+def eval_transform(pipeline: str, size: int, interpolation: str = "bilinear") -> T.Compose:
+    """The deterministic view of an image for evaluation.
+
+    ``barlow``: resize the short side to size x 256/224, then centre-crop ``size`` (the ImageNet
+    protocol: 256 then 224). ``small_gray``: resize the whole image to ``size`` x ``size``.
+    """
+    if pipeline == "small_gray":
         return T.Compose([
             T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR),
             T.ToTensor(), ToThreeChannels(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ])
     return T.Compose([
-        T.Resize(int(round(size * 256 / 224)), interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        T.Resize(int(round(size * 256 / 224)), interpolation=_INTERPOLATION[interpolation]),
+        T.CenterCrop(size), T.ToTensor(), ToThreeChannels(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
+
+
+def build_eval_transform(cfg: dict[str, Any]) -> T.Compose:
+    return eval_transform(cfg["augment"]["pipeline"], cfg["data"]["image_size"])
+
+
+def build_classification_transforms(pipeline: str, size: int, crop_scale: tuple[float, float], hflip: float,
+                                    interpolation: str = "bilinear") -> tuple[T.Compose, T.Compose]:
+    """(training view, evaluation view) of the supervised protocols (linear probe, fine-tuning).
+
+    Training: random-resized crop of ``crop_scale`` and a horizontal flip with probability ``hflip``
+    (the ImageNet protocol: scale (0.08, 1), p 0.5); for ``small_gray`` the crop's aspect ratio stays
+    within 0.8-1.25, as in its pretraining views.
+    """
+    ratio = (0.8, 1.25) if pipeline == "small_gray" else (3 / 4, 4 / 3)
+    mode = T.InterpolationMode.BILINEAR if pipeline == "small_gray" else _INTERPOLATION[interpolation]
+    train = T.Compose([
+        T.RandomResizedCrop(size, scale=crop_scale, ratio=ratio, interpolation=mode),
+        T.RandomHorizontalFlip(hflip),
+        T.ToTensor(), ToThreeChannels(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+    return train, eval_transform(pipeline, size, interpolation)

@@ -9,24 +9,22 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
 from typing import Any
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from twist.atomic import atomic_write
 from twist.config import ConfigError, save_config
-from twist.data import (DatasetError, EpochSampler, EvalDataset, ViewsDataset, build_eval_transform, build_source,
-                        build_train_transform, collate_views)
+from twist.data import DatasetError, EpochSampler, ViewsDataset, build_source, build_train_transform, collate_views
 from twist.distributed import (DistEnv, all_reduce_mean, init_distributed, reduce_for_logging,
                                synchronise_batch_norms, world_size)
 from twist.engine.checkpoint import CheckpointError, atomic_torch_save, load_weights_only, rng_state, set_rng_state
 from twist.engine.logging import RunLog, plot_training_curves
 from twist.engine.optim import apply_schedules, build_optimizer, build_schedules
+from twist.engine.runtime import autocast_dtype, resolve_device, seed_everything
 from twist.eval.cluster import evaluate_clusters
 from twist.losses import SelfLabelLoss, TwistLoss
 from twist.models import build_model
@@ -41,34 +39,12 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last checkpoint on disk is the last good state."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for, but no CUDA device is available; use device=auto or cpu")
-    return torch.device(name)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def build_train_loader(cfg: dict[str, Any], device: torch.device,
                        env: DistEnv = DistEnv()) -> tuple[DataLoader, EpochSampler]:
     data = cfg["data"]
     sl = cfg["self_label"]
     later = [(sl["start_epoch"], build_train_transform(cfg, self_labeling=True))] if sl["enabled"] else []
-    dataset = ViewsDataset(build_source(cfg, "train"), build_train_transform(cfg), cfg["seed"],
+    dataset = ViewsDataset(build_source(cfg, data["train_split"]), build_train_transform(cfg), cfg["seed"],
                            skip_corrupt=data["skip_corrupt"], later_stages=later)
     sampler = EpochSampler(len(dataset), cfg["train"]["batch_size"], seed=cfg["seed"], rank=env.rank,
                            world_size=env.world_size)
@@ -81,13 +57,6 @@ def build_train_loader(cfg: dict[str, Any], device: torch.device,
                         # stream, which the model's dropout uses and a resumed run restores.
                         generator=torch.Generator().manual_seed(cfg["seed"]))
     return loader, sampler
-
-
-def build_eval_loader(cfg: dict[str, Any]) -> DataLoader:
-    split = "val" if cfg["data"]["dataset"] in ("folder", "lmdb") else "train"
-    dataset = EvalDataset(build_source(cfg, split), build_eval_transform(cfg))
-    return DataLoader(dataset, batch_size=cfg["eval"]["batch_size"], shuffle=False,
-                      num_workers=cfg["data"]["num_workers"])
 
 
 def gathered_rng_states() -> list[dict[str, Any]]:
@@ -290,8 +259,7 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
     if teacher is not None:
         atomic_torch_save(teacher.model.backbone.state_dict(), os.path.join(output_dir, TEACHER_BACKBONE))
     if step >= total_steps and cfg["eval"]["enabled"]:
-        metrics = evaluate_clusters(model, build_eval_loader(cfg), device, cfg["model"]["head"]["num_classes"],
-                                    cfg["seed"], amp_dtype, kmeans=cfg["eval"]["kmeans_baseline"])
+        metrics = evaluate_clusters(model, cfg, device, amp_dtype, kmeans=cfg["eval"]["kmeans_baseline"])
         atomic_write(os.path.join(output_dir, "metrics.json"), lambda f: json.dump(metrics, f, indent=2),
                      binary=False)
         log.write({"kind": "eval", "step": step, **{k: v for k, v in metrics.items() if k != "baseline"}})

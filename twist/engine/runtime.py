@@ -1,0 +1,31 @@
+"""The device, autocast precision and seeding of a run, shared by pretraining and evaluation."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from twist.config import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for, but no CUDA device is available; use device=auto or cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device, key: str = "train.precision") -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"{key}=fp16 needs a CUDA device; use bf16 on CPU")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

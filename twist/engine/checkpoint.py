@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
+import sys
 import zipfile
 from typing import Any
 
@@ -21,17 +23,48 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load_weights_only(path: str) -> Any:
-    """``torch.load(weights_only=True)`` with errors that name the file instead of pickle internals."""
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def read_torch_file(path: str, trust: bool = False) -> tuple[Any, bool]:
+    """Load ``path`` weights-only; with ``trust``, fall back to full unpickling, and say so on stderr.
+
+    Returns the object and whether full unpickling was used. A missing, truncated or non-torch file,
+    and (without ``trust``) one that holds Python objects, raise :class:`CheckpointError` naming the file.
+    """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True), False
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"checkpoint '{path}' holds objects other than tensors and plain containers, "
-                              f"so it was not loaded (weights-only loading): {str(err).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(f"checkpoint '{path}' is truncated or not a torch checkpoint: {err}") from None
+        unsafe = _UNSAFE_GLOBAL.search(str(err))
+        if unsafe is None:
+            raise CheckpointError(f"checkpoint '{path}' is truncated or not a torch checkpoint: "
+                                  f"{str(err).strip().splitlines()[-1] if str(err).strip() else err!r}") from None
+        if not trust:
+            raise CheckpointError(
+                f"checkpoint '{path}' holds a Python object ({unsafe.group(1)}) beyond tensors and plain "
+                f"containers, so it was not loaded: unpickling it could run code from the file. If you trust "
+                f"where the file comes from (the authors' checkpoints hold an argparse.Namespace), pass "
+                f"--trust-checkpoint") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint '{path}' is truncated or not a torch checkpoint: {_first_line(err)}") from None
+    print(f"warning: loading '{path}' with full unpickling (--trust-checkpoint): it holds Python objects",
+          file=sys.stderr)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False), True
+    except Exception as err:  # noqa: BLE001 - whatever an untrusted pickle raises is reported the same way
+        raise CheckpointError(f"checkpoint '{path}' could not be unpickled: {type(err).__name__}: {err}") from None
+
+
+def load_weights_only(path: str) -> Any:
+    """``torch.load(weights_only=True)`` with errors that name the file instead of pickle internals."""
+    return read_torch_file(path)[0]
 
 
 def rng_state() -> dict[str, Any]:

@@ -34,7 +34,7 @@ setup(
         # Detectron2 itself is installed from its own guide; it is not on the package index.
         "det": ["pycocotools>=2.0"],
     },
-    entry_points={"console_scripts": ["twist-train=twist.cli.train:main"]},
+    entry_points={"console_scripts": ["twist-train=twist.cli.train:main", "twist-eval=twist.cli.eval:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from twist.eval.metrics import cluster_metrics, contingency, hungarian_accuracy
+from twist.eval.metrics import (cluster_metrics, cluster_to_class, contingency, hungarian_accuracy, hungarian_matching,
+                                majority_accuracy, mapped_topk_accuracy)
 
 
 def brute_force_accuracy(labels, preds):
@@ -93,3 +94,39 @@ def test_shape_mismatch_raises(labels, preds):
         cluster_metrics(labels, preds)
     with pytest.raises(ValueError, match="must be 1-D and equally long"):
         hungarian_accuracy(labels, preds)
+
+
+# ---- many-to-one reading, the map used for names, and top-k ----------------------------------------
+
+def brute_force_majority_accuracy(labels, preds):
+    """Every cluster read as the class that is right for most of its samples: a per-cluster maximum."""
+    correct = 0
+    for cluster in set(preds.tolist()):
+        members = labels[preds == cluster]
+        correct += max(int((members == c).sum()) for c in set(labels.tolist()))
+    return correct / len(labels)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_majority_accuracy_against_brute_force_and_bounds(seed):
+    labels, preds = _random_labelings(seed)
+    assert majority_accuracy(labels, preds) == pytest.approx(brute_force_majority_accuracy(labels, preds))
+    # Many-to-one can only do as well or better than the best one-to-one reading.
+    assert majority_accuracy(labels, preds) >= hungarian_accuracy(labels, preds) - 1e-12
+
+
+def test_more_clusters_than_classes_majority_reads_every_pure_cluster_right():
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
+    preds = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 3])
+    assert majority_accuracy(labels, preds) == 1.0
+    mapping = cluster_to_class(labels, preds)
+    assert mapping == {0: 0, 1: 0, 2: 1, 3: 1}
+    assert set(hungarian_matching(labels, preds).items()) == {(0, 0), (2, 1)}
+
+
+def test_mapped_topk_accuracy_counts_a_hit_anywhere_in_the_top_k():
+    labels = np.array([0, 1, 2, 2])
+    top = np.array([[5, 1, 0], [1, 5, 2], [5, 2, 1], [7, 7, 7]])
+    mapping = {5: 0, 1: 1, 2: 2}  # cluster 7 has no class
+    assert mapped_topk_accuracy(labels, top, mapping) == pytest.approx(3 / 4)
+    assert mapped_topk_accuracy(labels, top[:, :1], mapping) == pytest.approx(2 / 4)

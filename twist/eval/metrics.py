@@ -32,6 +32,55 @@ def hungarian_accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
     return float(counts[rows, cols].sum() / len(labels))
 
 
+def hungarian_matching(labels, preds) -> dict[int, int]:
+    """The one-to-one map of cluster ids to class ids that maximises the number of agreements."""
+    labels, preds = _label_arrays(labels, preds)
+    counts = contingency(labels, preds)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return {int(r): int(c) for r, c in zip(rows, cols)}
+
+
+def majority_mapping(labels, preds) -> dict[int, int]:
+    """Each cluster id to the class most of its samples have (several clusters may share a class)."""
+    labels, preds = _label_arrays(labels, preds)
+    counts = contingency(labels, preds)
+    used = np.flatnonzero(counts.sum(axis=1))
+    return {int(p): int(counts[p].argmax()) for p in used}
+
+
+def cluster_to_class(labels, preds) -> dict[int, int]:
+    """Every used cluster id to a class: the Hungarian match, and for clusters left unmatched (more
+    clusters than classes) their majority class. This is the map used to name predicted classes."""
+    mapping = majority_mapping(labels, preds)
+    mapping.update({p: c for p, c in hungarian_matching(labels, preds).items() if p in mapping})
+    return mapping
+
+
+def majority_accuracy(labels, preds) -> float:
+    """Accuracy when every cluster is read as its majority class (many-to-one).
+
+    With as many clusters as classes it is at least the Hungarian ACC; with more clusters it rises
+    towards 1 as clusters get purer, so it is reported beside, never instead of, the strict ACC.
+    """
+    labels, preds = _label_arrays(labels, preds)
+    counts = contingency(labels, preds)
+    return float(counts.max(axis=1).sum() / len(labels))
+
+
+def mapped_topk_accuracy(labels, topk_preds: np.ndarray, mapping: dict[int, int]) -> float:
+    """Fraction of samples whose class is among their top-k clusters read through ``mapping``;
+    clusters absent from ``mapping`` count as no class."""
+    labels = np.asarray(labels)
+    topk_preds = np.asarray(topk_preds)
+    if topk_preds.ndim != 2 or topk_preds.shape[0] != labels.shape[0]:
+        raise ValueError(f"top-k predictions must be (samples, k); got {topk_preds.shape} for {labels.shape[0]} labels")
+    lookup = np.full(int(topk_preds.max()) + 1, -1, dtype=np.int64)
+    for cluster, cls in mapping.items():
+        if cluster < len(lookup):
+            lookup[cluster] = cls
+    return float((lookup[topk_preds] == labels[:, None]).any(axis=1).mean())
+
+
 def cluster_metrics(labels, preds) -> dict[str, float]:
     labels, preds = _label_arrays(labels, preds)
     return {

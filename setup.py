@@ -11,7 +11,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["twist", "twist.*"]),
+    # tools/ is installed as the package twist_tools, for the console scripts implemented there.
+    packages=find_packages(include=["twist", "twist.*"]) + ["twist_tools"],
+    package_dir={"twist_tools": "tools"},
     include_package_data=True,
     install_requires=[
         "torch>=2.4,<2.15",
@@ -34,7 +36,8 @@ setup(
         # Detectron2 itself is installed from its own guide; it is not on the package index.
         "det": ["pycocotools>=2.0"],
     },
-    entry_points={"console_scripts": ["twist-train=twist.cli.train:main", "twist-eval=twist.cli.eval:main"]},
+    entry_points={"console_scripts": ["twist-train=twist.cli.train:main", "twist-eval=twist.cli.eval:main",
+                                      "twist-convert=twist_tools.convert:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -1,0 +1,92 @@
+"""torchvision: a plain state dict for ``torchvision.models.resnet*`` (minus ``fc``) or ``VisionTransformer``.
+
+ResNets already have torchvision's names. ViTs are renamed from timm's: ``cls_token`` →
+``class_token``, ``pos_embed`` → ``encoder.pos_embedding``, ``patch_embed.proj`` → ``conv_proj``,
+``blocks.i`` → ``encoder.layers.encoder_layer_i`` with ``norm1/2`` → ``ln_1/2``, ``attn.qkv`` →
+``self_attention.in_proj_*``, ``attn.proj`` → ``self_attention.out_proj``, ``mlp.fc1/fc2`` →
+``mlp.0/mlp.3``, and the final ``norm`` → ``encoder.ln``. Both compute the same function (tested).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torchvision
+
+from twist.convert.conversion import Conversion, compare, shapes_of
+from twist.convert.layouts import VIT_HEADS, expected_shapes
+from twist.models.backbones import build_backbone
+from twist.models.pretrained import BackboneWeights
+
+VIT_RULES = (
+    (r"^cls_token$", "class_token"),
+    (r"^pos_embed$", "encoder.pos_embedding"),
+    (r"^patch_embed\.proj\.", "conv_proj."),
+    (r"^norm\.", "encoder.ln."),
+    (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.encoder_layer_\1.ln_1."),
+    (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.encoder_layer_\1.ln_2."),
+    (r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", r"encoder.layers.encoder_layer_\1.self_attention.in_proj_\2"),
+    (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.encoder_layer_\1.self_attention.out_proj."),
+    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"encoder.layers.encoder_layer_\1.mlp.0."),
+    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"encoder.layers.encoder_layer_\1.mlp.3."),
+)
+
+
+def rename_vit_key(key: str) -> str:
+    for pattern, replacement in VIT_RULES:
+        new = re.sub(pattern, replacement, key)
+        if new != key:
+            return new
+    return key
+
+
+def torchvision_vit(name: str, image_size: int, patch: int) -> torch.nn.Module:
+    width = {"deit_small": 384, "vit_base": 768}[name]
+    return torchvision.models.VisionTransformer(image_size=image_size, patch_size=patch, num_layers=12,
+                                                num_heads=VIT_HEADS[name], hidden_dim=width, mlp_dim=4 * width)
+
+
+def _save(state):
+    return lambda f: torch.save(state, f)
+
+
+def convert(weights: BackboneWeights) -> Conversion:
+    arch = weights.architecture
+    if arch.family == "vit":
+        state = {rename_vit_key(k): v for k, v in weights.state_dict.items()}
+        patch = state["conv_proj.weight"].shape[-1]
+        with torch.device("meta"):
+            reference = torchvision_vit(arch.name, arch.image_size, patch)
+        what = f"torchvision.models.VisionTransformer (patch {patch}, {arch.image_size} px) without heads"
+        compare(shapes_of(reference, lambda k: k.startswith("heads.")), state, what)
+        width = state["class_token"].shape[-1]
+        build = (f"torchvision.models.vit_b_16()" if arch.name == "vit_base" and patch == 16 and arch.image_size == 224
+                 else f"torchvision.models.VisionTransformer(image_size={arch.image_size}, patch_size={patch}, "
+                      f"num_layers=12, num_heads={VIT_HEADS[arch.name]}, hidden_dim={width}, mlp_dim={4 * width})")
+        notes = [f"model = {build}; model.heads = torch.nn.Identity(); model.load_state_dict(sd, strict=True)"]
+        return Conversion("torchvision", state, what, _save(state), (".pth", ".pt"), notes)
+
+    state = dict(weights.state_dict)
+    if arch.name in ("resnet18", "resnet34", "resnet50") and not arch.small_input:
+        with torch.device("meta"):
+            reference = getattr(torchvision.models, arch.name)()
+        what = f"torchvision.models.{arch.name}() without fc"
+        compare(shapes_of(reference, lambda k: k.startswith("fc.")), state, what)
+        notes = [f"model = torchvision.models.{arch.name}(); model.fc = torch.nn.Identity(); "
+                 f"model.load_state_dict(sd, strict=True)"]
+    else:
+        # No torchvision constructor builds these; the modules that do are torchvision's own blocks.
+        with torch.device("meta"):
+            reference = build_backbone(arch.name, arch.small_input).module
+        compare(expected_shapes(arch, "torchvision"), state, f"torchvision names of {arch.name}")
+        compare(shapes_of(reference), state, f"twist's {arch.name}")
+        what = f"torchvision names of {arch.name} (built from torchvision's blocks)"
+        if arch.small_input:
+            notes = [f"model = torchvision.models.{arch.name}(); model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, "
+                     f"bias=False); model.maxpool = torch.nn.Identity(); model.fc = torch.nn.Identity(); "
+                     f"model.load_state_dict(sd, strict=True)"]
+        else:
+            notes = [f"torchvision has no SwAV-style {arch.name} (every width doubled, the stem's too; not "
+                     f"wide_resnet50_2): build it with twist.models.backbones.build_backbone('{arch.name}').module, "
+                     f"torchvision Bottleneck blocks under torchvision's names, then load_state_dict(sd, strict=True)"]
+    return Conversion("torchvision", state, what, _save(state), (".pth", ".pt"), notes)

@@ -11,9 +11,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    # tools/ is installed as the package twist_tools, for the console scripts implemented there.
-    packages=find_packages(include=["twist", "twist.*"]) + ["twist_tools"],
-    package_dir={"twist_tools": "tools"},
+    # tools/ and detection/ are installed as the packages twist_tools and twist_detection (the console
+    # scripts implemented in tools/, detectron2's entry point and configs).
+    packages=find_packages(include=["twist", "twist.*"]) + ["twist_tools", "twist_detection"],
+    package_dir={"twist_tools": "tools", "twist_detection": "detection"},
+    package_data={"twist_detection": ["configs/*.yaml"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4,<2.15",
@@ -37,7 +39,8 @@ setup(
         "det": ["pycocotools>=2.0"],
     },
     entry_points={"console_scripts": ["twist-train=twist.cli.train:main", "twist-eval=twist.cli.eval:main",
-                                      "twist-convert=twist_tools.convert:main"]},
+                                      "twist-convert=twist_tools.convert:main",
+                                      "twist-trials=twist.cli.trials:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

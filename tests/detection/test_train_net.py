@@ -1,0 +1,76 @@
+"""The Detectron2 path end to end on a CPU: converted TWIST weights, 2 iterations, evaluation, trials.
+
+These need detectron2, which is installed from its own guide (not the package index), so they skip
+without it."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import TINY
+
+pytest.importorskip("detectron2", reason="detectron2 is installed from its own guide, not the package index")
+
+SHORT = ["MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
+         "SOLVER.STEPS", "(1,)", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "160",
+         "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160", "TEST.PRECISE_BN.ENABLED", "False",
+         "DATALOADER.NUM_WORKERS", "0", "DATASETS.TRAIN", "('voc_2007_trainval',)"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from detection.synthetic_data import write_all
+    from twist.config import load_config
+    from twist.engine.trainer import train
+
+    root = tmp_path_factory.mktemp("d2")
+    write_all(str(root / "datasets"), images=4, size=128)
+    train(load_config(None, TINY + ["model.backbone=resnet50", "train.epochs=1", "data.num_samples=8"]), str(root / "run"))
+    subprocess.run([sys.executable, "-m", "twist_tools.convert", "--to", "detectron2", str(root / "run" / "checkpoint.pth"),
+                    str(root / "r50.pkl")], check=True)
+    return root
+
+
+def _env(root):
+    return {**os.environ, "DETECTRON2_DATASETS": str(root / "datasets"), "OMP_NUM_THREADS": "2"}
+
+
+def test_two_iterations_and_voc_evaluation_with_every_backbone_weight_loaded(setup):
+    out = setup / "voc"
+    proc = subprocess.run([sys.executable, "-m", "twist_detection.train_net", "--config-file",
+                           "detection/configs/voc_faster_rcnn_R_50_FPN_24k.yaml", "MODEL.WEIGHTS",
+                           str(setup / "r50.pkl"), "OUTPUT_DIR", str(out), "SEED", "0", *SHORT],
+                          capture_output=True, text=True, env=_env(setup), timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (out / "log.txt").read_text()
+    missing = log.split("Some model parameters or buffers are not found in the checkpoint:")[-1].split("\n[")[0]
+    assert "backbone.bottom_up" not in missing
+    assert "The checkpoint state_dict contains keys that are not used by the model" not in log
+    from twist.trials import read_detectron2_metrics
+
+    metrics = read_detectron2_metrics(str(out))
+    assert {"bbox/AP", "bbox/AP50", "bbox/AP75"} <= set(metrics)
+
+
+def test_refuses_to_start_without_weights_or_with_detectron2_defaults(setup):
+    base = [sys.executable, "-m", "twist_detection.train_net", "--config-file",
+            "detection/configs/voc_faster_rcnn_R_50_FPN_24k.yaml", "OUTPUT_DIR", str(setup / "refused"), *SHORT]
+    proc = subprocess.run(base, capture_output=True, text=True, env=_env(setup))
+    assert proc.returncode != 0 and "MODEL.WEIGHTS is empty" in proc.stderr
+    proc = subprocess.run(base + ["MODEL.WEIGHTS", str(setup / "r50.pkl"), "INPUT.FORMAT", "BGR"], capture_output=True,
+                          text=True, env=_env(setup))
+    assert proc.returncode != 0 and "INPUT.FORMAT is 'BGR', must be 'RGB'" in proc.stderr
+
+
+def test_two_short_trials_are_summarised(setup):
+    from twist.cli.trials import main as trials_main
+
+    os.environ["DETECTRON2_DATASETS"] = str(setup / "datasets")
+    code = trials_main(["run", "--engine", "detectron2", "--config", "detection/configs/voc_faster_rcnn_R_50_FPN_24k.yaml",
+                        "--weights", str(setup / "r50.pkl"), "--trials", "2", "--output-dir", str(setup / "trials"),
+                        *SHORT])
+    assert code == 0
+    summary = json.loads((setup / "trials" / "summary.json").read_text())
+    assert summary["num_succeeded"] == 2 and summary["metrics"]["bbox/AP"]["n"] == 2

@@ -11,11 +11,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    # tools/ and detection/ are installed as the packages twist_tools and twist_detection (the console
-    # scripts implemented in tools/, detectron2's entry point and configs).
-    packages=find_packages(include=["twist", "twist.*"]) + ["twist_tools", "twist_detection"],
-    package_dir={"twist_tools": "tools", "twist_detection": "detection"},
-    package_data={"twist_detection": ["configs/*.yaml"]},
+    # tools/, detection/ and segmentation/ are installed as the packages twist_tools, twist_detection and
+    # twist_segmentation (the console scripts implemented in tools/, the training entry points and configs).
+    packages=find_packages(include=["twist", "twist.*"]) + ["twist_tools", "twist_detection", "twist_segmentation"],
+    package_dir={"twist_tools": "tools", "twist_detection": "detection", "twist_segmentation": "segmentation"},
+    package_data={"twist_detection": ["configs/*.yaml"], "twist_segmentation": ["configs/*.py", "configs/_base_/*.py"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4,<2.15",

@@ -123,7 +123,68 @@ class Detectron2Engine:
         return read_detectron2_metrics(trial_dir)
 
 
-ENGINES: dict[str, type] = {"detectron2": Detectron2Engine}
+# ---- mmseg ------------------------------------------------------------------------------------------
+
+SEGMENTATION_METRICS = ("mIoU", "aAcc", "mAcc")
+
+
+def read_mmseg_metrics(work_dir: str) -> dict[str, float]:
+    """mIoU, aAcc and mAcc of the final validation of an mmseg run.
+
+    From ``final_metrics.json`` (written by ``twist_segmentation.train`` when training completes);
+    for runs of mmseg's own tools, from the last validation record of the newest
+    ``<timestamp>/vis_data/scalars.json``.
+    """
+    final = os.path.join(work_dir, "final_metrics.json")
+    if os.path.isfile(final):
+        with open(final, encoding="utf-8") as f:
+            metrics = json.load(f).get("metrics", {})
+        found = {k: float(metrics[k]) for k in SEGMENTATION_METRICS if k in metrics}
+        if found:
+            return found
+    for scalars in sorted(glob.glob(os.path.join(work_dir, "*", "vis_data", "scalars.json")), reverse=True):
+        last: dict[str, float] = {}
+        with open(scalars, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if "mIoU" in record:
+                    last = {k: float(record[k]) for k in SEGMENTATION_METRICS if k in record}
+        if last:
+            return last
+    raise TrialsError(f"no final validation in '{final}' or '{work_dir}/*/vis_data/scalars.json'")
+
+
+@dataclass
+class MMSegEngine:
+    """Trials through ``segmentation/train.py`` (installed as ``twist_segmentation.train``); ``key=value``
+    overrides go to ``--cfg-options``, other arguments (e.g. ``--data-root DIR``) to the script."""
+
+    name: str = "mmseg"
+
+    def command(self, config, weights, trial_dir, seed, num_gpus, resume, overrides):
+        launch = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={num_gpus}"] if num_gpus > 1
+                  else [sys.executable])
+        cmd = [*launch, "-m", "twist_segmentation.train", config, "--work-dir", trial_dir]
+        if num_gpus > 1:
+            cmd += ["--launcher", "pytorch"]
+        cmd += ["--scratch"] if weights is None else ["--weights", weights]
+        if resume:
+            cmd.append("--resume")
+        options = [o for o in overrides if "=" in o and not o.startswith("-")]
+        cmd += [o for o in overrides if o not in options]
+        return cmd + ["--cfg-options", f"randomness.seed={seed}", *options]
+
+    def can_resume(self, trial_dir):
+        return os.path.isfile(os.path.join(trial_dir, "last_checkpoint"))
+
+    def read_metrics(self, trial_dir):
+        return read_mmseg_metrics(trial_dir)
+
+
+ENGINES: dict[str, type] = {"detectron2": Detectron2Engine, "mmseg": MMSegEngine}
 
 
 def engine_named(name: str) -> Engine:

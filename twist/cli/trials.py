@@ -2,6 +2,7 @@
 
     twist-trials run --engine detectron2 --config CFG --weights W.pkl --trials 5 --output-dir DIR [KEY VALUE ...]
     twist-trials run --engine detectron2 --config CFG --pretrained runs/r50/checkpoint.pth --output-dir DIR
+    twist-trials run --engine mmseg --config CFG --weights W.pth --output-dir DIR -- --data-root ROOT key=value
     twist-trials summarize DIR
 
 ``--pretrained`` runs the whole pipeline: convert the pretraining checkpoint (validated, weights-only)
@@ -37,10 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-gpus", type=int, default=1, help="GPUs per trial (trials run one after another)")
     run.add_argument("--output-dir", required=True)
     run.add_argument("--dry-run", action="store_true", help="print every command and run none")
-    run.add_argument("overrides", nargs=argparse.REMAINDER, help="passed to every trial (detectron2: KEY VALUE pairs)")
+    run.add_argument("overrides", nargs=argparse.REMAINDER,
+                     help="passed to every trial: detectron2 KEY VALUE pairs; mmseg key=value config options and "
+                          "train.py flags such as --data-root (after --)")
     summarize = sub.add_parser("summarize", help="(re)write summary.json and summary.md of a trials folder")
     summarize.add_argument("output_dir", metavar="DIR")
-    summarize.add_argument("--engine", default="detectron2", choices=sorted(ENGINES))
+    summarize.add_argument("--engine", choices=sorted(ENGINES),
+                           help="the engine that wrote the trials (default: recognised from their files)")
     return parser
 
 
@@ -62,17 +66,27 @@ def _convert_pretrained(args, dry_run: bool) -> str:
     return out
 
 
+def guess_engine(output_dir: str) -> str:
+    """mmseg when a trial folder holds mmseg's outputs, else detectron2."""
+    import glob
+
+    mmseg_files = glob.glob(os.path.join(output_dir, "trial*", "final_metrics.json")) + glob.glob(
+        os.path.join(output_dir, "trial*", "*", "vis_data"))
+    return "mmseg" if mmseg_files else "detectron2"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from twist.engine.checkpoint import CheckpointError
 
     try:
-        engine = engine_named(args.engine)
+        engine = engine_named(args.engine or guess_engine(args.output_dir))
         if args.command == "summarize":
             trials = collect_trials(engine, args.output_dir)
             summary = write_summary(args.output_dir, trials, f"{args.engine} trials in {args.output_dir}")
             print(open(os.path.join(args.output_dir, "summary.md"), encoding="utf-8").read())
             return 0 if summary["num_succeeded"] == summary["num_trials"] else 1
+        overrides = args.overrides[1:] if args.overrides[:1] == ["--"] else args.overrides
         seeds = args.seeds or list(range(args.trials))
         if len(seeds) != args.trials:
             raise TrialsError(f"--seeds gives {len(seeds)} seeds for --trials {args.trials}")
@@ -82,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                                              else args.weights)
         if weights is not None and not args.dry_run and not os.path.isfile(weights):
             raise TrialsError(f"weights '{weights}' do not exist")
-        trials = run_trials(engine, args.config, weights, args.output_dir, seeds, args.num_gpus, args.overrides,
+        trials = run_trials(engine, args.config, weights, args.output_dir, seeds, args.num_gpus, overrides,
                             dry_run=args.dry_run)
         if args.dry_run:
             return 0

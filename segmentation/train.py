@@ -1,0 +1,172 @@
+"""Train and validate an MMSegmentation model from converted TWIST weights, over mmengine's Runner.
+
+    python -m twist_segmentation.train segmentation/configs/fpn_r50_twist_4xb4-20k_voc12aug-512x512.py \
+        --weights r50_mmseg.pth --work-dir runs/seg/voc --data-root data/VOCdevkit/VOC2012
+    torchrun --nproc_per_node=4 -m twist_segmentation.train CONFIG --weights W --work-dir D --launcher pytorch
+
+The run is refused before it starts when there are no weights (pass ``--scratch`` to train from
+random initialisation), when the weights file is missing or does not fit the config's backbone
+(missing, unexpected and misshapen keys are listed), or when a dataset folder, split file, image or
+label file is missing; a label map with values outside the classes stops the run naming the file.
+``--resume`` continues from the work directory's last checkpoint. The final validation's mIoU, aAcc
+and mAcc are written to ``WORK_DIR/final_metrics.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+from mmengine.config import DictAction
+
+from twist.atomic import atomic_write
+from twist.mmseg_compat import ensure_mmseg_importable
+from twist.models.pretrained import load_into
+from twist_segmentation.checks import DatasetLayoutError, check_datasets
+
+FINAL_METRICS = "final_metrics.json"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="an mmengine config, e.g. from segmentation/configs/")
+    parser.add_argument("--work-dir", required=True, help="checkpoints, logs and final_metrics.json go here")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--weights", help="backbone weights converted by `twist-convert --to mmseg`")
+    weights.add_argument("--scratch", action="store_true", help="train from random initialisation")
+    parser.add_argument("--data-root", help="the dataset root of every dataloader (else the config's data_root)")
+    parser.add_argument("--resume", action="store_true", help="continue from the work directory's last checkpoint")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+                        help="config overrides, e.g. randomness.seed=0 train_cfg.max_iters=2")
+    return parser.parse_args(argv)
+
+
+def _loader_datasets(cfg):
+    for name in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        loader = cfg.get(name)
+        if loader:
+            dataset = loader["dataset"]
+            yield from (dataset["datasets"] if dataset.get("type") == "ConcatDataset" else [dataset])
+
+
+def check_weights_fit(cfg, path: str) -> None:
+    """The weights must fill the config's backbone exactly: mmengine would load a mismatch with a warning."""
+    from mmseg.registry import MODELS
+
+    from twist.engine.checkpoint import CheckpointError, load_weights_only
+
+    state = load_weights_only(path)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    backbone_cfg = dict(cfg.model.backbone)
+    backbone_cfg.pop("init_cfg", None)
+    backbone_cfg["norm_cfg"] = dict(type="BN", requires_grad=True)  # the names are those of SyncBN too
+    with torch.device("meta"):
+        backbone = MODELS.build(backbone_cfg)
+    try:
+        load_into(backbone, state, path)
+    except CheckpointError as err:
+        raise SystemExit(f"train: {err}. Convert the checkpoint with `twist-convert --to mmseg` and use a config "
+                         f"whose backbone matches it (style='pytorch' ResNet, or the w2 widths)") from None
+
+
+def build_config(args):
+    from mmengine.config import Config
+
+    if not os.path.isfile(args.config):
+        raise SystemExit(f"train: config '{args.config}' does not exist")
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.work_dir = args.work_dir
+    cfg.launcher = args.launcher
+    cfg.resume = args.resume
+    if not args.weights and not args.scratch:
+        raise SystemExit("train: no backbone weights: pass --weights <file from `twist-convert --to mmseg`> or "
+                         "--scratch to train from random initialisation")
+    if args.weights:
+        if not os.path.isfile(args.weights):
+            raise SystemExit(f"train: weights file '{args.weights}' does not exist")
+        cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=os.path.abspath(args.weights))
+    else:
+        cfg.model.backbone.init_cfg = None
+    if args.data_root:
+        for dataset in _loader_datasets(cfg):
+            dataset["data_root"] = args.data_root
+    try:
+        check_datasets(cfg)
+    except DatasetLayoutError as err:
+        raise SystemExit(f"train: {err}") from None
+    if args.weights:
+        check_weights_fit(cfg, args.weights)
+    return cfg
+
+
+def mmengine_checkpoint_globals() -> list:
+    """What mmengine pickles into its own checkpoints besides tensors: the message hub's history
+    buffers (numpy arrays and scalars, and the statistics methods they name through ``getattr``).
+
+    torch >= 2.6 loads weights-only by default, so mmengine cannot reload its own ``iter_N.pth``.
+    These are allowed only while a run resumes from a checkpoint in its own work directory (see
+    ``resuming_runner``); every other load stays weights-only with torch's defaults.
+    """
+    import codecs
+
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "uint8", "bool")]
+    return [HistoryBuffer, multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes, getattr,
+            codecs.encode]
+
+
+def resuming_runner():
+    """mmengine's Runner, resuming only from checkpoints inside its work directory, with the globals above."""
+    from mmengine.runner import Runner
+
+    class ResumingRunner(Runner):
+        def resume(self, filename, *args, **kwargs):
+            own = os.path.realpath(self.work_dir) + os.sep
+            if not os.path.realpath(filename).startswith(own):
+                raise SystemExit(f"train: refusing to resume from '{filename}': only checkpoints this run wrote in "
+                                 f"its work directory '{self.work_dir}' are unpickled beyond weights")
+            with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
+                return super().resume(filename, *args, **kwargs)
+
+    return ResumingRunner
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    ensure_mmseg_importable()
+    from mmengine.hooks import Hook
+    from mmseg.utils import register_all_modules
+
+    import twist_segmentation.transforms  # noqa: F401  registers CheckLabelRange
+
+    register_all_modules(init_default_scope=True)
+    cfg = build_config(args)
+
+    class FinalMetrics(Hook):
+        last: dict = {}
+
+        def after_val_epoch(self, runner, metrics=None):
+            if metrics:
+                FinalMetrics.last = {k: float(v) for k, v in metrics.items()}
+
+    runner = resuming_runner().from_cfg(cfg)
+    runner.register_hook(FinalMetrics(), priority="LOWEST")
+    runner.train()
+    if runner.rank == 0:
+        record = {"iteration": runner.iter, "metrics": FinalMetrics.last, "config": os.path.abspath(args.config),
+                  "weights": os.path.abspath(args.weights) if args.weights else None}
+        atomic_write(os.path.join(args.work_dir, FINAL_METRICS), lambda f: json.dump(record, f, indent=2), binary=False)
+        print(f"final validation: " + ", ".join(f"{k} {v:.2f}" for k, v in FinalMetrics.last.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

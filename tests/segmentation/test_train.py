@@ -1,0 +1,113 @@
+"""twist_segmentation.train on a CPU: 2 iterations and validation on synthetic VOC and Cityscapes,
+resuming from mmengine's own checkpoint under weights-only loading, the refusals, and 2 trials."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from tests.segmentation.conftest import CONFIG_DIR, small_run_options
+from twist.engine.checkpoint import atomic_torch_save
+from twist.models.backbones import build_backbone
+
+VOC = os.path.join(CONFIG_DIR, "fpn_r50_twist_4xb4-20k_voc12aug-512x512.py")
+CITYSCAPES = os.path.join(CONFIG_DIR, "fpn_r50_twist_4xb2-40k_cityscapes-512x1024.py")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from segmentation.synthetic_data import write_all
+    from tools.convert import main as convert_main
+
+    root = tmp_path_factory.mktemp("seg")
+    write_all(str(root / "data"), images=3)
+    atomic_torch_save({"backbone": build_backbone("resnet50").module.state_dict()}, str(root / "ckpt.pth"))
+    assert convert_main(["--to", "mmseg", str(root / "ckpt.pth"), str(root / "r50.pth")]) == 0
+    atomic_torch_save(build_backbone("resnet18").module.state_dict(), str(root / "r18.pth"))
+    return root
+
+
+def _train(config, work_dir, *args, iters=2):
+    cmd = [sys.executable, "-m", "twist_segmentation.train", config, "--work-dir", str(work_dir), *args,
+           "--cfg-options", *small_run_options(config, iters)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "2"})
+
+
+def _data(env, config):
+    return str(env / "data" / ("VOCdevkit/VOC2012" if "voc" in config else "cityscapes"))
+
+
+@pytest.mark.parametrize("config", [VOC, CITYSCAPES], ids=["voc", "cityscapes"])
+def test_two_iterations_and_validation_give_an_miou(env, tmp_path, config):
+    proc = _train(config, tmp_path / "run", "--weights", str(env / "r50.pth"), "--data-root", _data(env, config))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert final["iteration"] == 2 and set(final["metrics"]) == {"aAcc", "mIoU", "mAcc"}
+    assert 0 <= final["metrics"]["mIoU"] <= 100
+    from twist.trials import read_mmseg_metrics
+
+    assert read_mmseg_metrics(str(tmp_path / "run")) == final["metrics"]
+
+
+def test_resumes_from_its_own_checkpoint_with_weights_only_loading_elsewhere(env, tmp_path):
+    args = ["--weights", str(env / "r50.pth"), "--data-root", _data(env, VOC)]
+    assert _train(VOC, tmp_path / "run", *args, iters=2).returncode == 0
+    proc = _train(VOC, tmp_path / "run", *args, "--resume", iters=3)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed epoch: 0, iter: 2" in proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "run" / "final_metrics.json").read_text())["iteration"] == 3
+    import torch
+
+    with pytest.raises(Exception, match="Weights only load failed"):  # the default stays on
+        torch.load(tmp_path / "run" / "iter_2.pth")
+
+
+def test_refusals_name_what_is_wrong(env, tmp_path):
+    from twist_segmentation.train import build_config, parse_args
+
+    def refused(*args):
+        with pytest.raises(SystemExit) as stop:
+            build_config(parse_args([VOC, "--work-dir", str(tmp_path), *args]))
+        return str(stop.value)
+
+    data = ["--data-root", _data(env, VOC)]
+    assert "no backbone weights: pass --weights" in refused(*data)
+    assert f"weights file '{tmp_path / 'gone.pth'}' does not exist" in refused("--weights", str(tmp_path / "gone.pth"),
+                                                                               *data)
+    message = refused("--weights", str(env / "r18.pth"), *data)
+    assert "do not fit the model" in message and "misshapen" in message and "layer1.0.conv3.weight" in message
+    assert "JPEGImages' does not exist" in refused("--weights", str(env / "r50.pth"), "--data-root", str(env / "data"))
+    assert "config 'nowhere.py' does not exist" in str(pytest.raises(SystemExit, build_config, parse_args(
+        ["nowhere.py", "--work-dir", str(tmp_path), "--scratch"])).value)
+
+
+def test_a_label_value_outside_the_classes_names_the_file(env, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    data = tmp_path / "VOC2012"
+    shutil.copytree(_data(env, VOC), data)
+    name = (data / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[0]  # every val image is read
+    bad = data / "SegmentationClass" / f"{name}.png"
+    label = np.array(Image.open(bad))
+    label[0, 0] = 37
+    Image.fromarray(label, mode="L").save(bad)
+    proc = _train(VOC, tmp_path / "run", "--weights", str(env / "r50.pth"), "--data-root", str(data))
+    assert proc.returncode != 0
+    assert f"label map '{bad}' has values 37, outside the 21 classes" in proc.stderr
+
+
+def test_two_trials_are_summarised(env, tmp_path):
+    from twist.cli.trials import main as trials_main
+
+    code = trials_main(["run", "--engine", "mmseg", "--config", VOC, "--weights", str(env / "r50.pth"), "--trials",
+                        "2", "--output-dir", str(tmp_path / "trials"), "--", "--data-root", _data(env, VOC),
+                        *small_run_options(VOC)])
+    assert code == 0
+    summary = json.loads((tmp_path / "trials" / "summary.json").read_text())
+    assert summary["num_succeeded"] == 2 and summary["metrics"]["mIoU"]["n"] == 2
+    assert "mIoU" in (tmp_path / "trials" / "summary.md").read_text()
+    assert trials_main(["summarize", str(tmp_path / "trials")]) == 0

@@ -28,6 +28,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/step_overhead.py
+	$(PY) bench/evaluation.py
 
 clean:
 	rm -rf $(VENV) runs

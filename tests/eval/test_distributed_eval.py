@@ -58,6 +58,8 @@ def test_two_ranks_equal_one_process(protocol, checkpoint, tmp_path):
         for key in ("nmi", "ami", "ari", "acc", "acc_majority", "acc_top5", "num_clusters_used"):
             assert two[key] == one[key], key
     elif protocol == "semisup":
+        # The labelled subset is a function of the labels, the fraction and the seed, not of the ranks.
+        assert two["subset_per_class"] == one["subset_per_class"] and two["subset_size"] == one["subset_size"]
         # An almost untrained classifier of 15 images has near-ties that rounding may flip: one image at most.
         assert two["num_val"] == 15
         assert abs(two["top1"] - one["top1"]) <= 1 / 15 + 1e-6 and abs(two["top5"] - one["top5"]) <= 1 / 15 + 1e-6

@@ -100,13 +100,14 @@ def test_a_label_value_outside_the_classes_names_the_file(env, tmp_path):
     assert f"label map '{bad}' has values 37, outside the 21 classes" in proc.stderr
 
 
-def test_two_trials_are_summarised(env, tmp_path):
+def test_from_a_pretraining_checkpoint_to_a_two_trial_summary(env, tmp_path):
     from twist.cli.trials import main as trials_main
 
-    code = trials_main(["run", "--engine", "mmseg", "--config", VOC, "--weights", str(env / "r50.pth"), "--trials",
+    code = trials_main(["run", "--engine", "mmseg", "--config", VOC, "--pretrained", str(env / "ckpt.pth"), "--trials",
                         "2", "--output-dir", str(tmp_path / "trials"), "--", "--data-root", _data(env, VOC),
                         *small_run_options(VOC)])
     assert code == 0
+    assert (tmp_path / "trials" / "weights.pth").is_file()  # converted first, then every trial used it
     summary = json.loads((tmp_path / "trials" / "summary.json").read_text())
     assert summary["num_succeeded"] == 2 and summary["metrics"]["mIoU"]["n"] == 2
     assert "mIoU" in (tmp_path / "trials" / "summary.md").read_text()

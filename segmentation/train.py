@@ -52,6 +52,17 @@ def _loader_datasets(cfg):
             yield from (dataset["datasets"] if dataset.get("type") == "ConcatDataset" else [dataset])
 
 
+def _replace_sync_bn(node) -> None:
+    if isinstance(node, dict):
+        if node.get("type") == "SyncBN":
+            node["type"] = "BN"
+        for value in node.values():
+            _replace_sync_bn(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _replace_sync_bn(value)
+
+
 def check_weights_fit(cfg, path: str) -> None:
     """The weights must fill the config's backbone exactly: mmengine would load a mismatch with a warning."""
     from mmseg.registry import MODELS
@@ -83,6 +94,12 @@ def build_config(args):
     cfg.work_dir = args.work_dir
     cfg.launcher = args.launcher
     cfg.resume = args.resume
+    if args.launcher != "none" and not torch.cuda.is_available():
+        # Several CPU processes (a dry run of a cluster job): NCCL and SyncBN need GPUs.
+        cfg.env_cfg.dist_cfg.backend = "gloo"
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
+        _replace_sync_bn(cfg.model)
+        print("train: no GPU: processes talk over gloo and every SyncBN is a per-process BN", file=sys.stderr)
     if not args.weights and not args.scratch:
         raise SystemExit("train: no backbone weights: pass --weights <file from `twist-convert --to mmseg`> or "
                          "--scratch to train from random initialisation")
@@ -157,6 +174,9 @@ def main(argv=None) -> int:
             if metrics:
                 FinalMetrics.last = {k: float(v) for k, v in metrics.items()}
 
+    if args.launcher == "pytorch" and not torch.cuda.is_available() and not torch.distributed.is_initialized():
+        # mmengine's own initialisation selects a CUDA device; on CPU the group is joined here, over gloo.
+        torch.distributed.init_process_group("gloo")
     runner = resuming_runner().from_cfg(cfg)
     runner.register_hook(FinalMetrics(), priority="LOWEST")
     runner.train()

@@ -112,3 +112,20 @@ def test_from_a_pretraining_checkpoint_to_a_two_trial_summary(env, tmp_path):
     assert summary["num_succeeded"] == 2 and summary["metrics"]["mIoU"]["n"] == 2
     assert "mIoU" in (tmp_path / "trials" / "summary.md").read_text()
     assert trials_main(["summarize", str(tmp_path / "trials")]) == 0
+
+
+def test_two_processes_under_torchrun(env, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m",
+           "twist_segmentation.train", VOC, "--work-dir", str(tmp_path / "run"), "--launcher", "pytorch",
+           "--weights", str(env / "r50.pth"), "--data-root", _data(env, VOC), "--cfg-options",
+           *small_run_options(VOC)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("final validation:") == 1  # rank 0 alone reports and writes
+    final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert final["iteration"] == 2 and "mIoU" in final["metrics"]

@@ -83,6 +83,8 @@ def _voc_xml(name: str, size: int, objects: list[dict]) -> bytes:
     for obj in objects:
         node = ElementTree.SubElement(root, "object")
         ElementTree.SubElement(node, "name").text = VOC_CLASS_OF_SHAPE[obj["shape"]]
+        ElementTree.SubElement(node, "pose").text = "Unspecified"  # VOC's evaluator reads all three
+        ElementTree.SubElement(node, "truncated").text = "0"
         ElementTree.SubElement(node, "difficult").text = "0"
         box = ElementTree.SubElement(node, "bndbox")
         x0, y0, x1, y1 = obj["box"]

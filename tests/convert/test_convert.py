@@ -206,20 +206,18 @@ def test_detectron2_checkpointer_loads_every_backbone_tensor(tmp_path):
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    path, _ = _ours(tmp_path, "resnet50")
+    path, net = _ours(tmp_path, "resnet50")
     assert _convert("detectron2", path, tmp_path / "r50.pkl") == 0
     cfg = get_cfg()
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.RESNETS.STRIDE_IN_1X1", "False", "MODEL.RESNETS.DEPTH", "50",
-                         "MODEL.META_ARCHITECTURE", "GeneralizedRCNN", "MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone",
-                         "MODEL.RESNETS.OUT_FEATURES", "['res2', 'res3', 'res4', 'res5']",
-                         "MODEL.FPN.IN_FEATURES", "['res2', 'res3', 'res4', 'res5']"])
+    cfg.merge_from_file("detection/configs/voc_faster_rcnn_R_50_FPN_24k.yaml")
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu"])
     model = build_model(cfg)
-    result = DetectionCheckpointer(model).load(str(tmp_path / "r50.pkl"))
-    assert result is not None
-    incompatible = DetectionCheckpointer(model)._load_model(DetectionCheckpointer(model)._load_file(
-        str(tmp_path / "r50.pkl")))
+    checkpointer = DetectionCheckpointer(model)
+    incompatible = checkpointer._load_model(checkpointer._load_file(str(tmp_path / "r50.pkl")))
     assert not [k for k in incompatible.missing_keys if k.startswith("backbone.bottom_up")]
-    assert not incompatible.unexpected_keys
+    assert not incompatible.unexpected_keys and not incompatible.incorrect_shapes
+    loaded = model.backbone.bottom_up.res4[5].conv3.weight.detach()
+    assert torch.equal(loaded, net.state_dict()["layer3.5.conv3.weight"])
 
 
 # ---- inputs -------------------------------------------------------------------------------------------

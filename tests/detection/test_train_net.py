@@ -45,6 +45,7 @@ def test_two_iterations_and_voc_evaluation_with_every_backbone_weight_loaded(set
                           capture_output=True, text=True, env=_env(setup), timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (out / "log.txt").read_text()
+    assert "Following weights matched with submodule backbone.bottom_up - Total num: 53" in log  # 53 conv+norm layers
     missing = log.split("Some model parameters or buffers are not found in the checkpoint:")[-1].split("\n[")[0]
     assert "backbone.bottom_up" not in missing
     assert "The checkpoint state_dict contains keys that are not used by the model" not in log
@@ -52,6 +53,23 @@ def test_two_iterations_and_voc_evaluation_with_every_backbone_weight_loaded(set
 
     metrics = read_detectron2_metrics(str(out))
     assert {"bbox/AP", "bbox/AP50", "bbox/AP75"} <= set(metrics)
+
+
+def test_coco_mask_rcnn_trains_and_evaluates_boxes_and_masks(setup):
+    out = setup / "coco"
+    short = [v for v in SHORT if v != "('voc_2007_trainval',)" and v != "DATASETS.TRAIN"]
+    short += ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]  # a 2-iteration model's scores are all low
+    proc = subprocess.run([sys.executable, "-m", "twist_detection.train_net", "--config-file",
+                           "detection/configs/coco_mask_rcnn_R_50_FPN_1x.yaml", "MODEL.WEIGHTS",
+                           str(setup / "r50.pkl"), "OUTPUT_DIR", str(out), "SEED", "0", *short],
+                          capture_output=True, text=True, env=_env(setup), timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from twist.trials import read_detectron2_metrics
+
+    metrics = read_detectron2_metrics(str(out))
+    assert {"bbox/AP", "bbox/AP50", "bbox/AP75", "segm/AP", "segm/AP50", "segm/AP75"} <= set(metrics)
+    main = [metrics[f"{task}/{m}"] for task in ("bbox", "segm") for m in ("AP", "AP50", "AP75")]
+    assert all(0 <= v <= 100 for v in main)  # real figures, not the NaN of an empty evaluation (APl: no large objects)
 
 
 def test_refuses_to_start_without_weights_or_with_detectron2_defaults(setup):

@@ -184,7 +184,7 @@ def main(argv=None) -> int:
         record = {"iteration": runner.iter, "metrics": FinalMetrics.last, "config": os.path.abspath(args.config),
                   "weights": os.path.abspath(args.weights) if args.weights else None}
         atomic_write(os.path.join(args.work_dir, FINAL_METRICS), lambda f: json.dump(record, f, indent=2), binary=False)
-        print(f"final validation: " + ", ".join(f"{k} {v:.2f}" for k, v in FinalMetrics.last.items()))
+        print("final validation: " + ", ".join(f"{k} {v:.2f}" for k, v in FinalMetrics.last.items()))
     return 0
 
 

@@ -55,16 +55,11 @@ def read_detectron2_metrics(trial_dir: str) -> dict[str, float]:
     metrics_path = os.path.join(trial_dir, "metrics.json")
     if os.path.isfile(metrics_path):
         last: dict[str, float] = {}
-        with open(metrics_path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a crash
-                found = {_task_metric(k): float(v) for k, v in record.items()
-                         if _task_metric(k) and isinstance(v, (int, float))}
-                if found:
-                    last = found
+        for record in _json_records(metrics_path):
+            found = {_task_metric(k): float(v) for k, v in record.items()
+                     if _task_metric(k) and isinstance(v, (int, float))}
+            if found:
+                last = found
         if last:
             return last
     log_path = os.path.join(trial_dir, "log.txt")
@@ -73,6 +68,18 @@ def read_detectron2_metrics(trial_dir: str) -> dict[str, float]:
         if found:
             return found
     raise TrialsError(f"no evaluation results in '{metrics_path}' or '{log_path}'")
+
+
+def _json_records(path: str):
+    """The JSON objects of a JSON-lines file, skipping a line cut short by a crash."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                yield record
 
 
 def _task_metric(key: str) -> str | None:
@@ -144,14 +151,9 @@ def read_mmseg_metrics(work_dir: str) -> dict[str, float]:
             return found
     for scalars in sorted(glob.glob(os.path.join(work_dir, "*", "vis_data", "scalars.json")), reverse=True):
         last: dict[str, float] = {}
-        with open(scalars, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if "mIoU" in record:
-                    last = {k: float(record[k]) for k in SEGMENTATION_METRICS if k in record}
+        for record in _json_records(scalars):
+            if "mIoU" in record:
+                last = {k: float(record[k]) for k in SEGMENTATION_METRICS if k in record}
         if last:
             return last
     raise TrialsError(f"no final validation in '{final}' or '{work_dir}/*/vis_data/scalars.json'")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -36,6 +37,27 @@ def compare(expected: dict[str, tuple[int, ...]], actual: dict[str, torch.Tensor
                  for name, keys in (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen))
                  if keys]
         raise ConversionError(f"the converted weights do not match {what}: " + "; ".join(parts))
+
+
+def apply_first_rule(key: str, rules: tuple[tuple[str, str], ...]) -> str:
+    """``key`` rewritten by the first ``(pattern, replacement)`` regex rule that matches it, else as it is."""
+    for pattern, replacement in rules:
+        new = re.sub(pattern, replacement, key)
+        if new != key:
+            return new
+    return key
+
+
+def library_variant(arch, state: dict[str, torch.Tensor], scheme: str) -> None:
+    """Check an architecture the target library has no constructor for (SwAV widening, small-input
+    stems) against the layout table and against this project's module, built from the library's blocks."""
+    from twist.convert.layouts import expected_shapes
+    from twist.models.backbones import build_backbone
+
+    with torch.device("meta"):
+        reference = build_backbone(arch.name, arch.small_input).module
+    compare(expected_shapes(arch, scheme), state, f"{scheme} names of {arch.name}")
+    compare(shapes_of(reference), state, f"twist's {arch.name}")
 
 
 def shapes_of(module: torch.nn.Module, drop: Callable[[str], bool] = lambda key: False) -> dict[str, tuple[int, ...]]:

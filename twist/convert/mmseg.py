@@ -9,11 +9,9 @@ timm weights: ``blocks`` → ``layers``, ``norm1/2`` → ``ln1/2``, ``attn.qkv``
 """
 from __future__ import annotations
 
-import re
-
 import torch
 
-from twist.convert.conversion import Conversion, ConversionError, compare, describe_source
+from twist.convert.conversion import Conversion, ConversionError, apply_first_rule, compare, describe_source
 from twist.convert.layouts import expected_shapes
 from twist.models.pretrained import BackboneWeights
 
@@ -31,11 +29,7 @@ DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet50w2": 50, "res
 
 
 def rename_vit_key(key: str) -> str:
-    for pattern, replacement in VIT_RULES:
-        new = re.sub(pattern, replacement, key)
-        if new != key:
-            return new
-    return key
+    return apply_first_rule(key, VIT_RULES)
 
 
 def convert(weights: BackboneWeights) -> Conversion:

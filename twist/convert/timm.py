@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from twist.convert.conversion import Conversion, compare, shapes_of
-from twist.convert.layouts import expected_shapes
-from twist.models.backbones import VITS, build_backbone
+from twist.convert.conversion import Conversion, compare, library_variant, shapes_of
+from twist.models.backbones import VITS
 from twist.models.pretrained import BackboneWeights
 
 
@@ -34,10 +33,7 @@ def convert(weights: BackboneWeights) -> Conversion:
         compare(shapes_of(reference), state, what)
         notes = [f"model = {what}; model.load_state_dict(sd, strict=True)"]
     else:
-        with torch.device("meta"):
-            reference = build_backbone(arch.name, arch.small_input).module
-        compare(expected_shapes(arch, "timm"), state, f"timm names of {arch.name}")
-        compare(shapes_of(reference), state, f"twist's {arch.name}")
+        library_variant(arch, state, "timm")
         what = f"timm/torchvision names of {arch.name}"
         kind = "small-input stem" if arch.small_input else "SwAV-style widening (the stem's too)"
         notes = [f"timm has no constructor for this {kind}; the names are timm's and torchvision's: build it with "

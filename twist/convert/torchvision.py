@@ -8,14 +8,11 @@ ResNets already have torchvision's names. ViTs are renamed from timm's: ``cls_to
 """
 from __future__ import annotations
 
-import re
-
 import torch
 import torchvision
 
-from twist.convert.conversion import Conversion, compare, shapes_of
-from twist.convert.layouts import VIT_HEADS, expected_shapes
-from twist.models.backbones import build_backbone
+from twist.convert.conversion import Conversion, apply_first_rule, compare, library_variant, shapes_of
+from twist.convert.layouts import VIT_HEADS
 from twist.models.pretrained import BackboneWeights
 
 VIT_RULES = (
@@ -33,11 +30,7 @@ VIT_RULES = (
 
 
 def rename_vit_key(key: str) -> str:
-    for pattern, replacement in VIT_RULES:
-        new = re.sub(pattern, replacement, key)
-        if new != key:
-            return new
-    return key
+    return apply_first_rule(key, VIT_RULES)
 
 
 def torchvision_vit(name: str, image_size: int, patch: int) -> torch.nn.Module:
@@ -60,7 +53,7 @@ def convert(weights: BackboneWeights) -> Conversion:
         what = f"torchvision.models.VisionTransformer (patch {patch}, {arch.image_size} px) without heads"
         compare(shapes_of(reference, lambda k: k.startswith("heads.")), state, what)
         width = state["class_token"].shape[-1]
-        build = (f"torchvision.models.vit_b_16()" if arch.name == "vit_base" and patch == 16 and arch.image_size == 224
+        build = ("torchvision.models.vit_b_16()" if arch.name == "vit_base" and patch == 16 and arch.image_size == 224
                  else f"torchvision.models.VisionTransformer(image_size={arch.image_size}, patch_size={patch}, "
                       f"num_layers=12, num_heads={VIT_HEADS[arch.name]}, hidden_dim={width}, mlp_dim={4 * width})")
         notes = [f"model = {build}; model.heads = torch.nn.Identity(); model.load_state_dict(sd, strict=True)"]
@@ -75,11 +68,7 @@ def convert(weights: BackboneWeights) -> Conversion:
         notes = [f"model = torchvision.models.{arch.name}(); model.fc = torch.nn.Identity(); "
                  f"model.load_state_dict(sd, strict=True)"]
     else:
-        # No torchvision constructor builds these; the modules that do are torchvision's own blocks.
-        with torch.device("meta"):
-            reference = build_backbone(arch.name, arch.small_input).module
-        compare(expected_shapes(arch, "torchvision"), state, f"torchvision names of {arch.name}")
-        compare(shapes_of(reference), state, f"twist's {arch.name}")
+        library_variant(arch, state, "torchvision")
         what = f"torchvision names of {arch.name} (built from torchvision's blocks)"
         if arch.small_input:
             notes = [f"model = torchvision.models.{arch.name}(); model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, "

@@ -46,7 +46,7 @@ def subset_from_file(source, path: str) -> np.ndarray:
         raise DatasetError(f"semisup.subset_file '{path}' does not exist")
     if not hasattr(source, "samples"):
         raise DatasetError("semisup.subset_file names image files, so it needs an image folder or a file list "
-                           f"(data.dataset=folder or filelist); this dataset has no file names")
+                           "(data.dataset=folder or filelist); this dataset has no file names")
     with open(path, encoding="utf-8") as f:
         names = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
     if not names:

@@ -1,6 +1,7 @@
 """``twist-eval``: every protocol end to end on a tiny pretraining run, as a user would call it."""
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -22,7 +23,8 @@ def run_dir(tmp_path_factory):
 
     out = str(tmp_path_factory.mktemp("pretrain"))
     train(load_config(None, TINY + ["data.num_samples=60", "eval.enabled=true"]), out)
-    return out
+    yield out
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def _eval(protocol, out, *args):

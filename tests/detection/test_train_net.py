@@ -4,6 +4,7 @@ These need detectron2, which is installed from its own guide (not the package in
 without it."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -30,7 +31,8 @@ def setup(tmp_path_factory):
     train(load_config(None, TINY + ["model.backbone=resnet50", "train.epochs=1", "data.num_samples=8"]), str(root / "run"))
     subprocess.run([sys.executable, "-m", "twist_tools.convert", "--to", "detectron2", str(root / "run" / "checkpoint.pth"),
                     str(root / "r50.pkl")], check=True)
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _env(root):

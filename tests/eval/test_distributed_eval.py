@@ -2,6 +2,7 @@
 val image once (15 val images: shards of 8 and 7, where a padding sampler would count one twice)."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,7 +32,8 @@ PROTOCOL_ARGS = {
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
     train(load_config(None, TINY + ["data.num_samples=60"]), str(out))
-    return str(out / "checkpoint.pth")
+    yield str(out / "checkpoint.pth")
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def _port() -> int:

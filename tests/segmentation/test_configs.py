@@ -3,6 +3,7 @@ weights that fill every backbone, checked through mmengine's own load report."""
 import glob
 import logging
 import os
+import shutil
 
 import pytest
 import torch
@@ -65,7 +66,8 @@ def converted(tmp_path_factory):
         atomic_torch_save({"backbone": build_backbone(name).module.state_dict()}, str(out / f"{name}_ckpt.pth"))
         assert convert_main(["--to", "mmseg", str(out / f"{name}_ckpt.pth"), str(out / f"{name}.pth")]) == 0
         files[name] = str(out / f"{name}.pth")
-    return files
+    yield files
+    shutil.rmtree(out, ignore_errors=True)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)

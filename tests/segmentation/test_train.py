@@ -2,6 +2,7 @@
 resuming from mmengine's own checkpoint under weights-only loading, the refusals, and 2 trials."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -26,7 +27,8 @@ def env(tmp_path_factory):
     atomic_torch_save({"backbone": build_backbone("resnet50").module.state_dict()}, str(root / "ckpt.pth"))
     assert convert_main(["--to", "mmseg", str(root / "ckpt.pth"), str(root / "r50.pth")]) == 0
     atomic_torch_save(build_backbone("resnet18").module.state_dict(), str(root / "r18.pth"))
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _train(config, work_dir, *args, iters=2):
@@ -84,8 +86,6 @@ def test_refusals_name_what_is_wrong(env, tmp_path):
 
 
 def test_a_label_value_outside_the_classes_names_the_file(env, tmp_path):
-    import shutil
-
     import numpy as np
 
     data = tmp_path / "VOC2012"

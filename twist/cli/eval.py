@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: twist-eval knn --checkpoint runs/demo/checkpoint.pth --output-dir runs/demo/knn")
     sub = parser.add_subparsers(dest="protocol", required=True, metavar="protocol")
     for name, help_text in PROTOCOL_HELP.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text.replace("%", "%%"), description=help_text)  # help is %-formatted
         p.add_argument("--checkpoint", help="a full checkpoint.pth or backbone-only weights (this project's, the "
                                             "authors', or a plain state dict with common SSL prefixes)")
         p.add_argument("--output-dir", required=True, help="where results.json, the log and figures go")

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench study install clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/step_overhead.py
 	$(PY) bench/evaluation.py
+
+# TWIST vs Barlow Twins vs W-MSE and TWIST's ablations on digits, 3 seeds each: writes docs/study.md and docs/study.png.
+study: $(STAMP)
+	$(PY) -m tools.study
 
 clean:
 	rm -rf $(VENV) runs

@@ -2,7 +2,9 @@
 
 Only the resolution and the batch are overridden (REDUCED below), plus two settings that belong to
 the machine rather than the recipe: the dataset location and the number of loader workers. All the
-rest (backbone, head widths, C, optimiser, precision, augmentation, teacher) is as shipped.
+rest (backbone, head widths, C, optimiser, precision, augmentation, teacher) is as shipped, except
+that W-MSE's whitening sub-batch shrinks with the batch, and its embedding with it (it must stay
+narrower than the sub-batch).
 """
 import glob
 
@@ -34,7 +36,8 @@ def test_configs_are_found():
         "configs/demo/digits.yaml", "configs/demo/digits_multicrop_selflabel.yaml",
         "configs/pretrain/resnet50_2view.yaml", "configs/pretrain/resnet50_multicrop_selflabel.yaml",
         "configs/pretrain/resnet50w2_multicrop_selflabel.yaml", "configs/pretrain/deit_small_teacher.yaml",
-        "configs/pretrain/vit_base_teacher.yaml",
+        "configs/pretrain/vit_base_teacher.yaml", "configs/pretrain/barlow_twins_resnet50.yaml",
+        "configs/pretrain/wmse_resnet50.yaml", "configs/demo/digits_barlow_twins.yaml", "configs/demo/digits_wmse.yaml",
     }
 
 
@@ -42,6 +45,8 @@ def test_configs_are_found():
 def test_shipped_config_trains_one_step(path, tmp_path):
     shipped = load_config(path)
     overrides = REDUCED + MACHINE
+    if shipped["method"] == "wmse":
+        overrides += ["wmse.w_size=4", "wmse.out_dim=3"]
     if shipped["data"]["dataset"] == "folder":
         _tiny_image_folder(tmp_path / "data")
         overrides.append(f"data.path={tmp_path / 'data'}")

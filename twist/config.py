@@ -19,11 +19,15 @@ from twist.atomic import atomic_write
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
+    # The objective: TWIST, or one of its two companions in the same engine.
+    "method": "twist",
     "model": {
         "backbone": "resnet50",
         # 3x3 stride-1 first conv and no max-pool: keeps spatial detail for inputs of 64 px or less.
         "small_input": False,
         "drop_path_rate": 0.0,
+        # ResNets: each residual block's last batch norm starts at zero (Barlow Twins' recipe).
+        "zero_init_residual": False,
         "head": {
             "hidden_dim": 4096,
             "num_classes": 4096,
@@ -38,6 +42,23 @@ DEFAULTS: dict[str, Any] = {
             # "auto" is trunc-normal(0.02) for ViT backbones and PyTorch's default otherwise.
             "init": "auto",
         },
+    },
+    # method: barlow_twins. The projector (three bias-free linear layers) and the off-diagonal weight.
+    "barlow_twins": {
+        "hidden_dim": 8192,
+        "out_dim": 8192,
+        "lam": 0.0051,
+    },
+    # method: wmse. Head Linear → BN → ReLU → Linear; Cholesky whitening over sub-batches of w_size rows
+    # of the global batch, w_iter times; num_samples positives per image, every pair compared.
+    "wmse": {
+        "hidden_dim": 1024,
+        "out_dim": 128,
+        "w_size": 256,
+        "w_iter": 1,
+        "w_eps": 0.0,
+        "num_samples": 2,
+        "normalize": True,
     },
     "loss": {
         "lam1": 0.0,
@@ -128,6 +149,7 @@ DEFAULTS: dict[str, Any] = {
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
+    "method": ("twist", "barlow_twins", "wmse"),
     "model.backbone": (
         "resnet18", "resnet34", "resnet50", "resnet50w2", "resnet50w4", "deit_small", "vit_base",
     ),
@@ -136,13 +158,22 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.head.init": ("auto", "default", "trunc_normal"),
     "data.dataset": ("folder", "filelist", "lmdb", "digits", "synthetic"),
     "augment.pipeline": ("barlow", "small_gray"),
-    "optim.name": ("lars", "sgd", "adamw"),
+    "optim.name": ("lars", "sgd", "adam", "adamw"),
     "train.precision": ("fp32", "bf16", "fp16"),
 }
 
 # (low, high): inclusive bounds; None means unbounded on that side.
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.drop_path_rate": (0.0, 1.0),
+    "barlow_twins.hidden_dim": (1, None),
+    "barlow_twins.out_dim": (1, None),
+    "barlow_twins.lam": (0.0, None),
+    "wmse.hidden_dim": (1, None),
+    "wmse.out_dim": (1, None),
+    "wmse.w_size": (2, None),
+    "wmse.w_iter": (1, None),
+    "wmse.w_eps": (0.0, 1.0),
+    "wmse.num_samples": (2, 8),
     "model.head.hidden_dim": (1, None),
     "model.head.num_classes": (2, None),
     "model.head.dropout": (0.0, 1.0),
@@ -347,6 +378,18 @@ def _check_consistency(cfg: dict[str, Any], source: str) -> None:
         if low > high:
             raise ConfigError(f"{source}: '{key}' must be [low, high] with low <= high, got {[low, high]}")
     check_data_section(cfg["data"], source)
+    if cfg["method"] != "twist":
+        twist_only = [key for key, on in (("self_label.enabled", cfg["self_label"]["enabled"]),
+                                          ("teacher.enabled", cfg["teacher"]["enabled"]),
+                                          ("eval.enabled", cfg["eval"]["enabled"]),
+                                          ("augment.local_crops", cfg["augment"]["local_crops"] > 0)) if on]
+        if twist_only:
+            raise ConfigError(f"{source}: {', '.join(twist_only)} belong to TWIST (its class head and pairings); "
+                              f"method is '{cfg['method']}'. Evaluate with twist-eval knn or linear instead")
+    wm = cfg["wmse"]
+    if cfg["method"] == "wmse" and wm["w_size"] <= wm["out_dim"]:
+        raise ConfigError(f"{source}: 'wmse.w_size' ({wm['w_size']}) must exceed 'wmse.out_dim' ({wm['out_dim']}): "
+                          f"the covariance of fewer rows than dimensions is singular and cannot be whitened")
     sl = cfg["self_label"]
     if sl["enabled"] and sl["start_epoch"] >= cfg["train"]["epochs"]:
         raise ConfigError(f"{source}: 'self_label.start_epoch' ({sl['start_epoch']}) must be below train.epochs "

@@ -99,6 +99,33 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if size == 1 else _AllReduceSum.apply(tensor, None) / size
 
 
+class _AllGatherCat(torch.autograd.Function):
+    """Every rank's rows, concatenated in rank order; the gradient of each rank's rows is the sum over
+    ranks of the upstream gradients of those rows."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        ctx.rows, ctx.rank = tensor.shape[0], dist.get_rank()
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Differentiable concatenation of every rank's ``tensor`` (equal shapes) in rank order.
+
+    Every rank then computes the same loss of the global batch; with DDP averaging the gradients,
+    the result is that loss's exact gradient.
+    """
+    return tensor if world_size() == 1 else _AllGatherCat.apply(tensor)
+
+
 def reduce_for_logging(values: torch.Tensor) -> torch.Tensor:
     """Mean over ranks of a vector of logged statistics, in one collective, without gradient."""
     size = world_size()

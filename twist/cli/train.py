@@ -10,6 +10,7 @@ from twist.config import ConfigError, load_config
 from twist.data import CorruptImageError, DatasetError
 from twist.engine.checkpoint import CheckpointError
 from twist.engine.trainer import TrainingDiverged, train
+from twist.losses import WhiteningError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         result = train(cfg, args.output_dir, max_steps=args.max_steps)
-    except (ConfigError, DatasetError, CorruptImageError, CheckpointError, TrainingDiverged) as err:
+    except (ConfigError, DatasetError, CorruptImageError, CheckpointError, TrainingDiverged, WhiteningError) as err:
         print(f"twist-train: error: {err}", file=sys.stderr)
         return 2
     finally:

@@ -95,7 +95,7 @@ def build_train_transform(cfg: dict[str, Any], self_labeling: bool = False) -> M
     """Two asymmetric global views (they differ in blur and solarisation), then the local views.
 
     The views come in the order [global 1, global 2, local 1..L]. The self-labeling stage uses its own,
-    harder crop scales.
+    harder crop scales. W-MSE takes ``wmse.num_samples`` global views, alternating the two pipelines.
     """
     aug, size = cfg["augment"], cfg["data"]["image_size"]
     if self_labeling:
@@ -104,6 +104,8 @@ def build_train_transform(cfg: dict[str, Any], self_labeling: bool = False) -> M
         global_scale, local_scale = aug["crop_scale"], aug["local_scale"]
     builder = _VIEW_BUILDERS[aug["pipeline"]]
     views = [builder(size, tuple(global_scale), aug, aug["blur"][v], aug["solarize"][v]) for v in (0, 1)]
+    if cfg["method"] == "wmse":  # W-MSE's num_samples positives: the two pipelines in turn
+        views = [views[v % 2] for v in range(cfg["wmse"]["num_samples"])]
     local = builder(aug["local_size"], tuple(local_scale), aug, aug["local_blur"], 0.0)
     return MultiView(views + [local] * aug["local_crops"])
 

@@ -47,9 +47,12 @@ def plot_training_curves(log_path: str, out_path: str) -> None:
     import matplotlib.pyplot as plt
 
     records = [r for r in read_log(log_path) if r.get("kind") == "train"]
-    keys = [("loss", "loss"), ("consistency", "consistency (KL)"), ("sharpness", "sharpness (mean entropy)"),
-            ("diversity", "diversity (entropy of mean)")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    titles = [("loss", "loss"), ("consistency", "consistency (KL)"), ("sharpness", "sharpness (mean entropy)"),
+              ("diversity", "diversity (entropy of mean)"), ("on_diagonal", "on-diagonal (invariance)"),
+              ("off_diagonal", "off-diagonal (redundancy)")]
+    keys = [(key, title) for key, title in titles if any(key in r for r in records)] or titles[:1]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    axes = axes[0]
     for ax, (key, title) in zip(axes, keys):
         # Self-labeling steps log their own terms, so a curve stops where its term is no longer used.
         points = [(r["step"], r[key]) for r in records if key in r]

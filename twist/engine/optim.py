@@ -95,9 +95,11 @@ def build_optimizer(model: nn.Module, optim_cfg: dict[str, Any]) -> torch.optim.
         del group["lars_exclude"]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=0.0, momentum=optim_cfg["momentum"])
+    if name == "adam":  # weight decay added to the gradient (W-MSE's recipe)
+        return torch.optim.Adam(groups, lr=0.0)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=0.0)
-    raise ValueError(f"optim.name must be lars, sgd or adamw; got '{name}'")
+    raise ValueError(f"optim.name must be lars, sgd, adam or adamw; got '{name}'")
 
 
 def cosine_schedule(start: float, end: float, total_steps: int, warmup_steps: int = 0,

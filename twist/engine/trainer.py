@@ -19,14 +19,14 @@ from torch.utils.data import DataLoader
 from twist.atomic import atomic_write
 from twist.config import ConfigError, save_config
 from twist.data import DatasetError, EpochSampler, ViewsDataset, build_source, build_train_transform, collate_views
-from twist.distributed import (DistEnv, all_reduce_mean, init_distributed, reduce_for_logging,
+from twist.distributed import (DistEnv, all_gather_cat, all_reduce_mean, init_distributed, reduce_for_logging,
                                synchronise_batch_norms, world_size)
 from twist.engine.checkpoint import CheckpointError, atomic_torch_save, load_weights_only, rng_state, set_rng_state
 from twist.engine.logging import RunLog, plot_training_curves
 from twist.engine.optim import apply_schedules, build_optimizer, build_schedules
 from twist.engine.runtime import autocast_dtype, resolve_device, seed_everything
 from twist.eval.cluster import evaluate_clusters
-from twist.losses import SelfLabelLoss, TwistLoss
+from twist.losses import BarlowTwinsLoss, SelfLabelLoss, TwistLoss, WMSELoss
 from twist.models import build_model
 from twist.models.teacher import EMATeacher
 
@@ -115,13 +115,41 @@ def nbs_ranks_per_bunch(cfg: dict[str, Any], world: int) -> int:
 
 
 def build_distributed_model(cfg: dict[str, Any], device: torch.device, env: DistEnv):
-    """The twin model on ``device``; across ranks, every batch norm synchronised and the NBS per bunch."""
+    """The twin model on ``device``; across ranks, every batch norm synchronised (TWIST's NBS per bunch)."""
     model = build_model(cfg).to(device)
     if env.enabled:
         synchronise_batch_norms(model.backbone, env.world_size, device.type)
         synchronise_batch_norms(model.head.mlp, env.world_size, device.type)
-        synchronise_batch_norms(model.head, nbs_ranks_per_bunch(cfg, env.world_size), device.type)
+        if cfg["method"] == "twist":
+            synchronise_batch_norms(model.head, nbs_ranks_per_bunch(cfg, env.world_size), device.type)
     return model
+
+
+class MethodLoss:
+    """The objective of ``cfg['method']`` as one call: ``(outputs, step, indices) -> terms``.
+
+    Every objective reduces exactly across ranks: the loss and its gradients are those of the global
+    batch. W-MSE's random sub-batches come from a generator seeded by (seed, step), the same on every
+    rank and again after a resume.
+    """
+
+    def __init__(self, cfg: dict[str, Any]):
+        self.method, self.seed = cfg["method"], cfg["seed"]
+        if self.method == "barlow_twins":
+            self.loss = BarlowTwinsLoss(cfg["barlow_twins"]["lam"], batch_mean=all_reduce_mean)
+        elif self.method == "wmse":
+            wm = cfg["wmse"]
+            self.loss = WMSELoss(wm["w_size"], wm["w_iter"], wm["w_eps"], wm["normalize"], gather=all_gather_cat)
+        else:
+            self.loss = TwistLoss(**cfg["loss"], batch_mean=all_reduce_mean)
+
+    def __call__(self, outputs, step: int, indices: torch.Tensor, teacher_outputs=None) -> dict[str, torch.Tensor]:
+        if self.method == "wmse":
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            return self.loss(outputs, generator, keys=indices)
+        if self.method == "barlow_twins":
+            return self.loss(outputs)
+        return self.loss(outputs, teacher_outputs)
 
 
 def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) -> dict[str, Any]:
@@ -145,7 +173,11 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
     model = build_distributed_model(cfg, device, env)
     teacher = (EMATeacher(build_distributed_model(cfg, device, env), model) if cfg["teacher"]["enabled"]
                else None)
-    twist_loss = TwistLoss(**cfg["loss"], batch_mean=all_reduce_mean)
+    global_batch = cfg["train"]["batch_size"] * env.world_size
+    if cfg["method"] == "wmse" and global_batch % cfg["wmse"]["w_size"]:
+        raise ConfigError(f"the global batch ({cfg['train']['batch_size']} x {env.world_size} processes = {global_batch}) "
+                          f"must be a multiple of wmse.w_size ({cfg['wmse']['w_size']})")
+    method_loss = MethodLoss(cfg)
     self_label_loss = SelfLabelLoss(cfg["loss"]["tau"])
     optimizer = build_optimizer(model, cfg["optim"])
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -204,7 +236,7 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
                 skipped_total += cfg["train"]["batch_size"]
                 step += 1
                 continue
-            views, _, _, skipped = batch
+            views, _, indices, skipped = batch
             skipped_total += skipped
             views = [v.to(device, non_blocking=True) for v in views]
 
@@ -214,7 +246,7 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
             if step >= self_label_from:
                 terms = self_label_loss(logits, float(schedules["quantile"][step]), teacher_logits)
             else:
-                terms = twist_loss(logits, teacher_logits)
+                terms = method_loss(logits, step, indices, teacher_logits)
             optimizer_step(terms["loss"], model, optimizer, scaler, cfg["optim"]["clip_grad_norm"])
             if teacher is not None:
                 teacher.update(raw_model, float(schedules["momentum"][step]))

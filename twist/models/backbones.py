@@ -30,7 +30,7 @@ class WideResNet50(nn.Module):
     Module names follow torchvision's ResNet, so state dicts use the same keys.
     """
 
-    def __init__(self, widen: int, small_input: bool = False):
+    def __init__(self, widen: int, small_input: bool = False, zero_init_residual: bool = False):
         super().__init__()
         stem_width = 64 * widen
         self.inplanes = stem_width
@@ -53,6 +53,10 @@ class WideResNet50(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, tv_resnet.Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         out_channels = planes * tv_resnet.Bottleneck.expansion
@@ -74,8 +78,8 @@ class WideResNet50(nn.Module):
         return torch.flatten(self.avgpool(x), 1)
 
 
-def _torchvision_resnet(name: str, small_input: bool) -> Backbone:
-    net = RESNETS[name]()
+def _torchvision_resnet(name: str, small_input: bool, zero_init_residual: bool = False) -> Backbone:
+    net = RESNETS[name](zero_init_residual=zero_init_residual)
     if small_input:
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -97,12 +101,17 @@ def _timm_vit(name: str, small_input: bool, drop_path_rate: float, image_size: i
 
 
 def build_backbone(name: str, small_input: bool = False, drop_path_rate: float = 0.0,
-                   image_size: int = 224) -> Backbone:
-    """Build the named backbone with its classifier removed; the feature is pooled (ResNet) or CLS (ViT)."""
+                   image_size: int = 224, zero_init_residual: bool = False) -> Backbone:
+    """Build the named backbone with its classifier removed; the feature is pooled (ResNet) or CLS (ViT).
+
+    ``zero_init_residual`` starts every residual block's last batch norm at zero (Barlow Twins' choice).
+    """
+    if zero_init_residual and name in VITS:
+        raise ValueError(f"model.zero_init_residual applies to ResNets only, not '{name}'")
     if name in RESNETS:
-        backbone = _torchvision_resnet(name, small_input)
+        backbone = _torchvision_resnet(name, small_input, zero_init_residual)
     elif name in WIDE_RESNETS:
-        net = WideResNet50(WIDE_RESNETS[name], small_input)
+        net = WideResNet50(WIDE_RESNETS[name], small_input, zero_init_residual)
         backbone = Backbone(net, net.feature_dim, "resnet")
     elif name in VITS:
         return _timm_vit(name, small_input, drop_path_rate, image_size)

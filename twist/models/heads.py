@@ -50,3 +50,34 @@ class TwistHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.nbs(self.last_linear(self.mlp(features)))
+
+
+class BarlowTwinsProjector(nn.Module):
+    """Barlow Twins' projector: Linear → BN → ReLU → Linear → BN → ReLU → Linear, no biases.
+
+    The loss standardises each view's output itself (its non-affine batch norm), so the projector
+    ends with the last linear layer.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim, bias=False),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.mlp(features)
+
+
+class WMSEHead(nn.Module):
+    """W-MSE's head: Linear → BN → ReLU → Linear to the embedding that is whitened."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden_dim, out_dim))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.mlp(features)

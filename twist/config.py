@@ -119,6 +119,10 @@ DEFAULTS: dict[str, Any] = {
         "log_every": 10,
         "checkpoint_every": 0,
         "progress_bar": True,
+        # Backbone weights and input views in NHWC (faster convolutions on recent GPUs and CPUs).
+        "channels_last": False,
+        # torch.compile the backbone (state-dict keys unchanged); the first steps pay the compilation.
+        "compile": False,
     },
     "eval": {
         "enabled": False,

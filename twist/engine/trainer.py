@@ -122,6 +122,10 @@ def build_distributed_model(cfg: dict[str, Any], device: torch.device, env: Dist
         synchronise_batch_norms(model.head.mlp, env.world_size, device.type)
         if cfg["method"] == "twist":
             synchronise_batch_norms(model.head, nbs_ranks_per_bunch(cfg, env.world_size), device.type)
+    if cfg["train"]["channels_last"]:
+        model.backbone.to(memory_format=torch.channels_last)
+    if cfg["train"]["compile"]:
+        model.backbone.compile()  # in place: the state-dict keys stay those of the plain module
     return model
 
 
@@ -223,6 +227,7 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
             save_checkpoint(checkpoint_path, raw_model, teacher, optimizer, scaler, step, epoch, cfg, rng_states)
 
     skipped_total, window_start, window_images = 0, time.perf_counter(), 0
+    memory_format = torch.channels_last if cfg["train"]["channels_last"] else torch.contiguous_format
 
     while step < stop_at:
         epoch, start_batch = divmod(step, steps_per_epoch)
@@ -238,7 +243,7 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
                 continue
             views, _, indices, skipped = batch
             skipped_total += skipped
-            views = [v.to(device, non_blocking=True) for v in views]
+            views = [v.to(device, non_blocking=True, memory_format=memory_format) for v in views]
 
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(views)

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from twist.distributed import DistEnv
-from twist.engine.runtime import autocast_dtype, resolve_device
+from twist.engine.runtime import autocast_dtype, describe_hardware, resolve_device
 from twist.eval.features import FeatureExtractor, extract_features
 from twist.eval.metrics import cluster_metrics, contingency, hungarian_accuracy, majority_accuracy
 from twist.models.backbones import build_backbone
@@ -120,9 +119,8 @@ def bench_extraction(args) -> None:
             _, seconds = timed(fn)
             rates[name].append(len(images) / seconds)
     bare_rate, extract_rate = statistics.median(rates["bare"]), statistics.median(rates["extract"])
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"== feature extraction: {args.backbone}, {args.image_size} px, batch {args.batch_size}, {args.precision}, "
-          f"{device.type} ({where}, {torch.get_num_threads()} threads), torch {torch.__version__} ==")
+          f"{device.type} ({describe_hardware(device)}) ==")
     print(f"bare inference (tensors already on the device): {bare_rate:10.1f} images/s")
     print(f"extract_features (loader, host copy, gather):    {extract_rate:10.1f} images/s")
     print(f"ratio extraction / bare: {extract_rate / bare_rate:.3f}")

@@ -1,17 +1,20 @@
 """Train-step throughput: the full TWIST step vs the same backbone's bare step, side by side.
 
-Both steps run on the same pre-made tensors (two views of a batch), with the same optimiser (LARS)
-and the same precision. The bare step is backbone forward → sum of features → backward → LARS step;
+Both steps run on the same pre-made tensors (two views of a batch, or multi-crop: two global views
+and L local ones), with the same optimiser (LARS) and the same precision. The bare step is backbone
+forward (once per view size, as the model does) → mean of features → backward → LARS step;
 the TWIST step adds the projection head, NBS, the TWIST loss, schedule updates and the step's
 logging reads. Rounds alternate between the two so that machine noise hits both alike.
 
     python bench/step_overhead.py                      # CPU defaults: ResNet-18, 64 px, batch 128
+    python bench/step_overhead.py --local-crops 6 --local-size 32    # multi-crop, scaled down for CPU
     python bench/step_overhead.py --backbone resnet50 --image-size 224 --precision bf16 --device cuda
+    python bench/step_overhead.py --backbone resnet50 --image-size 224 --local-crops 6 --local-size 96 \
+        --precision bf16 --device cuda --channels-last
 """
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -19,23 +22,26 @@ import torch
 
 from twist.config import load_config
 from twist.engine.optim import apply_schedules, build_optimizer, build_schedules
-from twist.engine.trainer import autocast_dtype, resolve_device
+from twist.engine.runtime import autocast_dtype, describe_hardware, resolve_device
 from twist.losses import TwistLoss
 from twist.models import build_backbone, build_model
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--hidden-dim", type=int, default=4096)
     p.add_argument("--num-classes", type=int, default=4096)
+    p.add_argument("--local-crops", type=int, default=0, help="multi-crop: this many local views")
+    p.add_argument("--local-size", type=int, default=96)
+    p.add_argument("--channels-last", action="store_true", help="NHWC weights and inputs for both steps")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--device", default="auto")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=3, help="steps per round and method")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def sync(device):
@@ -43,8 +49,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def main():
-    args = parse_args()
+def make_steps(args, which=("twist", "bare")):
+    """The named step functions on pre-made views (``step(i)``), and the device; shared with bench/memory.py."""
     cfg = load_config(None, [f"model.backbone={args.backbone}", "data.dataset=synthetic",
                              f"data.image_size={args.image_size}", f"model.head.hidden_dim={args.hidden_dim}",
                              f"model.head.num_classes={args.num_classes}", f"train.precision={args.precision}",
@@ -52,32 +58,52 @@ def main():
     device = resolve_device(cfg["device"])
     dtype = autocast_dtype(cfg["train"]["precision"], device)
     torch.manual_seed(0)
-    views = [torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device) for _ in range(2)]
-
-    twin = build_model(cfg).to(device).train()
-    twin_opt = build_optimizer(twin, cfg["optim"])
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    sizes = [args.image_size] * 2 + [args.local_size] * args.local_crops
+    views = [torch.randn(args.batch_size, 3, s, s, device=device).to(memory_format=memory_format) for s in sizes]
     schedules = build_schedules(cfg, steps_per_epoch=10_000, global_batch=args.batch_size)
-    criterion = TwistLoss(**cfg["loss"])
-    bare = build_backbone(args.backbone, image_size=args.image_size).module.to(device).train()
-    bare_opt = build_optimizer(bare, cfg["optim"])
-    apply_schedules(bare_opt, schedules, 100, 1.0)
+    steps = {}
 
-    def twist_step(i):
-        apply_schedules(twin_opt, schedules, i, cfg["optim"]["bias_lr_ratio"])
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = twin(views)
-        terms = criterion(logits)
-        twin_opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        twin_opt.step()
-        return terms
+    if "twist" in which:
+        twin = build_model(cfg).to(device).train()
+        twin.backbone.to(memory_format=memory_format)
+        twin_opt = build_optimizer(twin, cfg["optim"])
+        criterion = TwistLoss(**cfg["loss"])
 
-    def bare_step(i):
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = bare(torch.cat(views)).float().mean()
-        bare_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        bare_opt.step()
+        def twist_step(i):
+            apply_schedules(twin_opt, schedules, i, cfg["optim"]["bias_lr_ratio"])
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = twin(views)
+            terms = criterion(logits)
+            twin_opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            twin_opt.step()
+            return terms
+
+        steps["twist"] = twist_step
+
+    if "bare" in which:
+        groups = [torch.cat([v for v in views if v.shape[-1] == size]) for size in dict.fromkeys(sizes)]
+        bare = build_backbone(args.backbone, image_size=args.image_size).module.to(device).train()
+        bare.to(memory_format=memory_format)
+        bare_opt = build_optimizer(bare, cfg["optim"])
+        apply_schedules(bare_opt, schedules, 100, 1.0)
+
+        def bare_step(i):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = sum(bare(group).float().mean() for group in groups)
+            bare_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            bare_opt.step()
+
+        steps["bare"] = bare_step
+    return steps, device
+
+
+def main():
+    args = parse_args()
+    steps, device = make_steps(args)
+    twist_step, bare_step = steps["twist"], steps["bare"]
 
     def timed(step_fn):
         sync(device)
@@ -85,7 +111,7 @@ def main():
         for i in range(args.steps):
             step_fn(i)
         sync(device)
-        return args.steps * 2 * args.batch_size / (time.perf_counter() - start)
+        return args.steps * args.batch_size / (time.perf_counter() - start)
 
     timed(twist_step), timed(bare_step)  # warm-up: allocator, kernels, autotuning
     twist_rates, bare_rates = [], []
@@ -94,11 +120,11 @@ def main():
         twist_rates.append(timed(twist_step))
     twist_rate, bare_rate = statistics.median(twist_rates), statistics.median(bare_rates)
 
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"hardware: {hardware}; torch {torch.__version__}")
-    print(f"setting:  {args.backbone}, {args.image_size} px, batch {args.batch_size} x 2 views, "
-          f"head {args.hidden_dim}/{args.num_classes}, {args.precision}, LARS")
+    print(f"hardware: {describe_hardware(device)}")
+    local = f" + {args.local_crops} x {args.local_size} px" if args.local_crops else ""
+    print(f"setting:  {args.backbone}, batch {args.batch_size} images x (2 x {args.image_size} px{local}), "
+          f"head {args.hidden_dim}/{args.num_classes}, {args.precision}, LARS"
+          + (", channels_last" if args.channels_last else ""))
     print(f"{'step':<34}{'images/s':>12}")
     print(f"{'bare backbone fwd+bwd+LARS':<34}{bare_rate:>12.1f}")
     print(f"{'TWIST (head, NBS, loss, sched.)':<34}{twist_rate:>12.1f}")

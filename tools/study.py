@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from twist.atomic import atomic_write
+from twist.engine.runtime import describe_hardware
 
 EVAL_CONFIG = "configs/eval/digits.yaml"
 
@@ -154,7 +155,7 @@ def write_report(table: dict[str, list[dict]], args, plot_name: str, notes: str)
         f"`train` split (configs/eval/digits.yaml); clustering is scored on all 1,797 images and exists "
         f"only where the method has a class head. Entries are mean ± std over seeds.",
         "",
-        f"Machine: {machine()}.",
+        f"Machine: {describe_hardware()}; {args.jobs} runs at a time, {max(1, (os.cpu_count() or 1) // args.jobs)} thread(s) each.",
         "",
         f"![study]({plot_name})",
         "",
@@ -178,20 +179,6 @@ def write_report(table: dict[str, list[dict]], args, plot_name: str, notes: str)
         lines.append("")
     lines += ["## What the numbers say", "", notes.strip() or "(to be written from the tables above)", ""]
     return "\n".join(lines)
-
-
-def machine() -> str:
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, CPU only"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,10 @@ times exactly that work, the dataset's __getitem__ path (decode, convert, the co
 per-sample seeding), on one core, side by side for both pipelines. Images are ImageNet-sized JPEGs
 made in memory (smooth random fields, so they compress and decode like photographs, not like noise).
 
+With augment.on_device the workers only decode and draw the parameters (the "planner" rows), and the
+pixels are made in batches on the device (the "device side" rows: images/s of DeviceAugment on
+batches of --batch-size, on --device).
+
 Workers needed = the step's images/s / one worker's images/s. The step rate is measured here for the
 CPU setting (the bench/step_overhead.py model), or given with --step-rate (e.g. a GPU's measured
 figure); the script says which is the bottleneck.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import time
 
@@ -26,8 +31,9 @@ from PIL import Image
 
 from twist.config import load_config
 from twist.data.datasets import sample_seed
+from twist.data.device_augment import DeviceAugment, build_view_planner, collate_planned, view_sizes
 from twist.data.transforms import build_train_transform
-from twist.engine.runtime import describe_hardware
+from twist.engine.runtime import describe_hardware, resolve_device
 
 
 def imagenet_like_jpegs(count: int, seed: int = 0) -> list[bytes]:
@@ -43,9 +49,9 @@ def imagenet_like_jpegs(count: int, seed: int = 0) -> list[bytes]:
     return files
 
 
-def pipeline_rate(cfg, files: list[bytes], rounds: int) -> float:
-    """Images/s of decode + the config's view pipeline on one thread (median over rounds)."""
-    transform = build_train_transform(cfg)
+def pipeline_rate(cfg, files: list[bytes], rounds: int, planner: bool = False) -> float:
+    """Images/s of decode + the config's view pipeline (or its planner) on one thread (median over rounds)."""
+    transform = build_view_planner(cfg) if planner else build_train_transform(cfg)
     rates = []
     for r in range(rounds):
         start = time.perf_counter()
@@ -57,6 +63,28 @@ def pipeline_rate(cfg, files: list[bytes], rounds: int) -> float:
     return statistics.median(rates)
 
 
+def device_rate(cfg, files: list[bytes], batch_size: int, device: torch.device, rounds: int) -> float:
+    """Images/s of the device side of augment.on_device on batches of ``batch_size`` images."""
+    planner, augment = build_view_planner(cfg), DeviceAugment(view_sizes(cfg)).to(device)
+    items = []
+    for index in range(batch_size):
+        torch.manual_seed(index)
+        with Image.open(io.BytesIO(files[index % len(files)])) as img:
+            items.append((planner(img.convert("RGB")), 0, index))
+    (images, plans), *_ = collate_planned(items)
+    images, plans = images.to(device), plans.to(device)
+    rates = []
+    for _ in range(rounds + 1):  # the first round warms up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        augment(images, plans)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        rates.append(batch_size / (time.perf_counter() - start))
+    return statistics.median(rates[1:])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/pretrain/resnet50_2view.yaml",
@@ -64,6 +92,8 @@ def main():
     p.add_argument("--local-crops", type=int, default=6)
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64, help="batch of the device-side measurement")
+    p.add_argument("--device", default="auto", help="where the device side of augment.on_device runs")
     p.add_argument("--step-rate", type=float, nargs=2, metavar=("TWO_VIEW", "MULTI_CROP"),
                    help="the training step's images/s for the two settings (e.g. measured on a GPU); "
                         "default: not given, only the per-core rates are printed")
@@ -75,17 +105,26 @@ def main():
     settings = [("two views, 2 x 224", two_view),
                 (f"multi-crop, 2 x 224 + {args.local_crops} x 96", multi_crop)]
     rates = [pipeline_rate(cfg, files, args.rounds) for _, cfg in settings]
+    planner_rates = [pipeline_rate(cfg, files, args.rounds, planner=True) for _, cfg in settings]
+    device = resolve_device(args.device)
+    torch.set_num_threads(torch.get_num_threads() if device.type == "cuda" else os.cpu_count() or 1)
+    device_rates = [device_rate(cfg, files, args.batch_size, device, args.rounds) for _, cfg in settings]
+    device_hardware = describe_hardware(device)
+    torch.set_num_threads(1)
 
     print(f"hardware: {describe_hardware()} (one thread = one worker); {args.images} JPEGs of 500 x 375")
-    print(f"{'pipeline':<36}{'images/s per core':>18}{'ms per image':>14}")
-    for (name, _), rate in zip(settings, rates):
-        print(f"{name:<36}{rate:>18.1f}{1000 / rate:>14.2f}")
-    print(f"multi-crop / two-view cost: {rates[0] / rates[1]:.2f}x")
+    print(f"{'pipeline':<36}{'CPU pipeline':>14}{'on_device: planner':>20}{'device side':>14}")
+    print(f"{'':<36}{'img/s per core':>14}{'img/s per core':>20}{'img/s':>14}")
+    for (name, _), rate, planned, made in zip(settings, rates, planner_rates, device_rates):
+        print(f"{name:<36}{rate:>14.1f}{planned:>20.1f}{made:>14.1f}")
+    print(f"multi-crop / two-view cost of the CPU pipeline: {rates[0] / rates[1]:.2f}x; a worker feeds "
+          f"{planner_rates[1] / rates[1]:.1f}x more multi-crop images/s with augment.on_device; "
+          f"device side on {device_hardware}")
     if args.step_rate:
-        for (name, _), rate, step in zip(settings, rates, args.step_rate):
-            workers = int(np.ceil(step / rate))
-            print(f"{name}: a step at {step:.0f} images/s needs {workers} worker cores "
-                  f"({step / rate:.1f}); with fewer, the data pipeline is the bottleneck")
+        for (name, _), rate, planned, step in zip(settings, rates, planner_rates, args.step_rate):
+            print(f"{name}: a step at {step:.0f} images/s needs {int(np.ceil(step / rate))} worker cores "
+                  f"({step / rate:.1f}) with the CPU pipeline, {int(np.ceil(step / planned))} ({step / planned:.1f}) "
+                  f"with augment.on_device; with fewer, the data pipeline is the bottleneck")
 
 
 if __name__ == "__main__":

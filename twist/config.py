@@ -98,6 +98,11 @@ DEFAULTS: dict[str, Any] = {
         "local_size": 96,
         "local_scale": [0.05, 0.4],
         "local_blur": 0.5,
+        # barlow pipeline: draw the views' parameters and decode on the workers, make the pixels on the
+        # training device in batches (crops, flips, colour, blur, solarisation).
+        "on_device": False,
+        # on_device: workers shrink images whose longer side exceeds this before sending them.
+        "on_device_max_side": 512,
     },
     "optim": {
         "name": "lars",
@@ -169,6 +174,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # (low, high): inclusive bounds; None means unbounded on that side.
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.drop_path_rate": (0.0, 1.0),
+    "augment.on_device_max_side": (16, None),
     "barlow_twins.hidden_dim": (1, None),
     "barlow_twins.out_dim": (1, None),
     "barlow_twins.lam": (0.0, None),
@@ -382,6 +388,9 @@ def _check_consistency(cfg: dict[str, Any], source: str) -> None:
         if low > high:
             raise ConfigError(f"{source}: '{key}' must be [low, high] with low <= high, got {[low, high]}")
     check_data_section(cfg["data"], source)
+    if cfg["augment"]["on_device"] and cfg["augment"]["pipeline"] != "barlow":
+        raise ConfigError(f"{source}: 'augment.on_device' implements the 'barlow' pipeline; augment.pipeline is "
+                          f"'{cfg['augment']['pipeline']}'")
     if cfg["method"] != "twist":
         twist_only = [key for key, on in (("self_label.enabled", cfg["self_label"]["enabled"]),
                                           ("teacher.enabled", cfg["teacher"]["enabled"]),

@@ -11,10 +11,11 @@ def _run(*args):
 
 
 def test_data_pipeline_benchmark_prints_both_pipelines_and_the_workers_needed():
-    out = _run("bench/data_pipeline.py", "--images", "4", "--rounds", "1", "--local-crops", "2",
+    out = _run("bench/data_pipeline.py", "--images", "4", "--rounds", "1", "--local-crops", "2", "--batch-size", "4",
                "--step-rate", "100", "200")
     assert "two views, 2 x 224" in out and "multi-crop, 2 x 224 + 2 x 96" in out
     assert "a step at 100 images/s needs" in out and "a step at 200 images/s needs" in out
+    assert "with augment.on_device" in out
 
 
 def test_memory_benchmark_prints_per_image_figures_for_both_settings():

@@ -58,3 +58,15 @@ def test_workers_persistent_and_pinned_give_identical_weights(tmp_path, tiny_ove
                                                  "data.pin_memory=true", "data.prefetch_factor=1"])[0]
     for key in inline:
         assert torch.equal(inline[key], workers[key]), key
+
+
+def test_on_device_augmentation_trains_multi_crop_and_is_independent_of_the_workers(tmp_path, tiny_overrides):
+    """The parameters are drawn per sample on the workers, so the weights do not depend on their number;
+    tests/data/test_device_augment.py compares the views themselves with the CPU pipeline's."""
+    base = tiny_overrides + ["data.num_samples=16", "data.image_size=32", "augment.on_device=true",
+                             "augment.local_crops=2", "augment.local_size=16"]
+    inline, losses = _run(tmp_path / "inline", base)
+    workers = _run(tmp_path / "workers", base + ["data.num_workers=2"])[0]
+    assert len(losses) == 4 and np.isfinite(losses).all()
+    for key in inline:
+        assert torch.equal(inline[key], workers[key]), key

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from twist.atomic import atomic_write
 from twist.config import ConfigError, save_config
 from twist.data import DatasetError, EpochSampler, ViewsDataset, build_source, build_train_transform, collate_views
+from twist.data.device_augment import DeviceAugment, build_view_planner, collate_planned, view_sizes
 from twist.distributed import (DistEnv, all_gather_cat, all_reduce_mean, init_distributed, reduce_for_logging,
                                synchronise_batch_norms, world_size)
 from twist.engine.checkpoint import CheckpointError, atomic_torch_save, load_weights_only, rng_state, set_rng_state
@@ -43,14 +44,17 @@ def build_train_loader(cfg: dict[str, Any], device: torch.device,
                        env: DistEnv = DistEnv()) -> tuple[DataLoader, EpochSampler]:
     data = cfg["data"]
     sl = cfg["self_label"]
-    later = [(sl["start_epoch"], build_train_transform(cfg, self_labeling=True))] if sl["enabled"] else []
-    dataset = ViewsDataset(build_source(cfg, data["train_split"]), build_train_transform(cfg), cfg["seed"],
+    # With augment.on_device the workers return the decoded image and every view's drawn parameters.
+    build, collate = ((build_view_planner, collate_planned) if cfg["augment"]["on_device"]
+                      else (build_train_transform, collate_views))
+    later = [(sl["start_epoch"], build(cfg, self_labeling=True))] if sl["enabled"] else []
+    dataset = ViewsDataset(build_source(cfg, data["train_split"]), build(cfg), cfg["seed"],
                            skip_corrupt=data["skip_corrupt"], later_stages=later)
     sampler = EpochSampler(len(dataset), cfg["train"]["batch_size"], seed=cfg["seed"], rank=env.rank,
                            world_size=env.world_size)
     workers = data["num_workers"]
     loader = DataLoader(dataset, batch_size=cfg["train"]["batch_size"], sampler=sampler, num_workers=workers,
-                        collate_fn=collate_views, pin_memory=data["pin_memory"] and device.type == "cuda",
+                        collate_fn=collate, pin_memory=data["pin_memory"] and device.type == "cuda",
                         persistent_workers=data["persistent_workers"] and workers > 0, drop_last=True,
                         prefetch_factor=data["prefetch_factor"] if workers > 0 else None,
                         # Its own generator: creating an iterator then draws no number from the global
@@ -228,6 +232,7 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
 
     skipped_total, window_start, window_images = 0, time.perf_counter(), 0
     memory_format = torch.channels_last if cfg["train"]["channels_last"] else torch.contiguous_format
+    device_augment = DeviceAugment(view_sizes(cfg)).to(device) if cfg["augment"]["on_device"] else None
 
     while step < stop_at:
         epoch, start_batch = divmod(step, steps_per_epoch)
@@ -243,6 +248,9 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
                 continue
             views, _, indices, skipped = batch
             skipped_total += skipped
+            if device_augment is not None:
+                images, plans = views
+                views = device_augment(images.to(device, non_blocking=True), plans.to(device, non_blocking=True))
             views = [v.to(device, non_blocking=True, memory_format=memory_format) for v in views]
 
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):

@@ -19,6 +19,7 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from twist.config import load_config
 from twist.engine.optim import apply_schedules, build_optimizer, build_schedules
@@ -119,6 +120,11 @@ def main():
         bare_rates.append(timed(bare_step))
         twist_rates.append(timed(twist_step))
     twist_rate, bare_rate = statistics.median(twist_rates), statistics.median(bare_rates)
+    flops = {}
+    for name, step_fn in steps.items():  # one counted step each: forward, backward and the optimiser's arithmetic
+        with FlopCounterMode(display=False) as counter:
+            step_fn(0)
+        flops[name] = counter.get_total_flops()
 
     print(f"hardware: {describe_hardware(device)}")
     local = f" + {args.local_crops} x {args.local_size} px" if args.local_crops else ""
@@ -129,6 +135,8 @@ def main():
     print(f"{'bare backbone fwd+bwd+LARS':<34}{bare_rate:>12.1f}")
     print(f"{'TWIST (head, NBS, loss, sched.)':<34}{twist_rate:>12.1f}")
     print(f"ratio TWIST / bare: {twist_rate / bare_rate:.3f}  (median of {args.rounds} rounds of {args.steps} steps)")
+    print(f"arithmetic ceiling, bare FLOPs / TWIST FLOPs per step: {flops['bare'] / flops['twist']:.3f}  "
+          f"({flops['bare'] / 1e9:.1f} vs {flops['twist'] / 1e9:.1f} GFLOP: the head's matmuls are the difference)")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/step_overhead.py
+	$(PY) bench/step_overhead.py --local-crops 6 --local-size 32
+	$(PY) bench/data_pipeline.py
+	$(PY) bench/memory.py
 	$(PY) bench/evaluation.py
 
 # TWIST vs Barlow Twins vs W-MSE and TWIST's ablations on digits, 3 seeds each: writes docs/study.md and docs/study.png.

@@ -399,6 +399,10 @@ def _check_consistency(cfg: dict[str, Any], source: str) -> None:
         if twist_only:
             raise ConfigError(f"{source}: {', '.join(twist_only)} belong to TWIST (its class head and pairings); "
                               f"method is '{cfg['method']}'. Evaluate with twist-eval knn or linear instead")
+    if cfg["method"] != "twist" and cfg["data"]["skip_corrupt"]:
+        raise ConfigError(f"{source}: 'data.skip_corrupt' drops unreadable images from a batch; the "
+                          f"{cfg['method']} loss needs the same batch size on every process (and W-MSE a multiple "
+                          f"of wmse.w_size): fix or remove the unreadable files instead")
     wm = cfg["wmse"]
     if cfg["method"] == "wmse" and wm["w_size"] <= wm["out_dim"]:
         raise ConfigError(f"{source}: 'wmse.w_size' ({wm['w_size']}) must exceed 'wmse.out_dim' ({wm['out_dim']}): "

@@ -105,8 +105,9 @@ class _AllGatherCat(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.contiguous()
         parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
+        dist.all_gather(parts, tensor)
         ctx.rows, ctx.rank = tensor.shape[0], dist.get_rank()
         return torch.cat(parts)
 

@@ -57,15 +57,17 @@ def test_jitter_applies_each_samples_own_order():
     assert torch.equal(out[5], x[5])  # jitter off
 
 
-def test_blur_with_per_sample_sigma_equals_torchvisions_gaussian_blur():
+def test_blur_with_per_sample_sigma_equals_torchvisions_gaussian_blur_with_repeated_edges():
     x = _images(n=4, size=20)
     sigma = torch.tensor([0.3, 1.0, 2.0, 0.0])
     out = gaussian_blur(x, sigma)
     radius = int(np.ceil(3 * 2.0))
+    padded = torch.nn.functional.pad(x, [radius] * 4, mode="replicate")  # edges repeated, as PIL does
     for i in range(3):
-        expected = TF.gaussian_blur(x[i], [2 * radius + 1] * 2, [float(sigma[i])] * 2)
-        torch.testing.assert_close(out[i], expected, rtol=0, atol=1e-5)
+        expected = TF.gaussian_blur(padded[i], [2 * radius + 1] * 2, [float(sigma[i])] * 2)
+        torch.testing.assert_close(out[i], expected[:, radius:-radius, radius:-radius], rtol=0, atol=1e-5)
     torch.testing.assert_close(out[3], x[3])  # sigma 0: unchanged
+    assert gaussian_blur(_images(n=2, size=4), torch.tensor([2.0, 1.0])).shape == (2, 3, 4, 4)  # smaller than the kernel
 
 
 def test_crop_and_resize_is_close_to_antialiased_resized_crop():
@@ -102,6 +104,21 @@ def test_views_match_the_cpu_pipeline_for_the_same_sample_seed():
     torch.manual_seed(0)
     cpu = plain(img)
     assert np.mean([(a - b).abs().mean() for a, b in zip(cpu, device_views(1))]) > 0.2
+
+
+def test_images_above_the_size_cap_get_the_draws_of_the_full_size_image():
+    cfg = load_config(None, CFG + ["augment.on_device_max_side=80"])
+    planner = build_view_planner(cfg)
+    full = build_view_planner(load_config(None, CFG + ["augment.on_device_max_side=4096"]))
+    img = _smooth_photo(size=(400, 300))
+    torch.manual_seed(3)
+    image, plan = planner(img)
+    torch.manual_seed(3)
+    _, full_plan = full(img)
+    assert image.shape == (3, 60, 80)
+    torch.testing.assert_close(plan[:, [1, 3]], full_plan[:, [1, 3]] * 0.2)  # left, width
+    torch.testing.assert_close(plan[:, [0, 2]], full_plan[:, [0, 2]] * 0.2)  # top, height
+    torch.testing.assert_close(plan[:, 4:], full_plan[:, 4:])  # every other draw
 
 
 def test_padding_repeats_the_border_so_edge_crops_do_not_read_zeros():

@@ -52,6 +52,9 @@ def test_twist_only_features_are_refused_for_the_other_methods(tiny_overrides):
                          ("augment.local_crops=2", "augment.local_crops")]:
         with pytest.raises(ConfigError, match=named):
             load_config(None, tiny_overrides + METHODS["barlow_twins"] + [extra, "self_label.start_epoch=1"])
+    for method in METHODS:  # a batch that loses unreadable images would differ in size across ranks
+        with pytest.raises(ConfigError, match="'data.skip_corrupt' drops unreadable images"):
+            load_config(None, tiny_overrides + METHODS[method] + ["data.skip_corrupt=true"])
 
 
 def test_a_global_batch_that_is_not_a_multiple_of_w_size_is_refused(tmp_path, tiny_overrides):

@@ -78,3 +78,11 @@ def test_inside_bf16_autocast_the_loss_is_the_float32_loss():
         terms = BarlowTwinsLoss()([z1, z2])
     assert terms["loss"].dtype == torch.float32
     torch.testing.assert_close(terms["loss"], expected, rtol=1e-6, atol=1e-6)  # bf16 matmuls are off by ~1e-2
+
+
+def test_standardisation_keeps_float32_precision_when_the_mean_dwarfs_the_spread():
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(256, 4)) + np.array([0.0, 200.0, 600.0, 6000.0])
+    ours = BarlowTwinsLoss(eps=0.0).standardise(torch.tensor(z, dtype=torch.float32)).double()
+    reference = torch.tensor((z - z.mean(0)) / z.std(0))
+    torch.testing.assert_close(ours, reference, rtol=0, atol=2e-3)

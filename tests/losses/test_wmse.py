@@ -78,6 +78,13 @@ def test_a_singular_covariance_is_a_clear_error_not_a_nan():
     assert torch.isfinite(cholesky_whiten(x, eps=0.01)).all()  # the suggested shrinkage works
 
 
+def test_diverged_embeddings_are_named_as_such_not_as_a_singular_covariance():
+    x = torch.randn(16, 3)
+    x[4, 1] = float("nan")
+    with pytest.raises(WhiteningError, match="NaN or infinite values: training diverged"):
+        cholesky_whiten(x)
+
+
 def test_runs_in_float32_under_half_precision_inputs():
     x = torch.randn(32, 4).to(torch.bfloat16)
     assert cholesky_whiten(x).dtype == torch.float32

@@ -48,12 +48,9 @@ class ViewPlanner:
 
     def __call__(self, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         img = img.convert("RGB")
-        if max(img.size) > self.max_side:
-            factor = self.max_side / max(img.size)
-            img = img.resize((max(1, round(img.width * factor)), max(1, round(img.height * factor))),
-                             Image.BICUBIC)
         plan = torch.zeros(len(self.specs), PLAN_WIDTH)
         for row, (scale, blur, solarize) in zip(plan, self.specs):
+            # Drawn on the full-size image, as the CPU pipeline draws them; scaled below if it shrinks.
             row[TOP], row[LEFT], row[HEIGHT], row[WIDTH] = torch.tensor(
                 T.RandomResizedCrop.get_params(img, list(scale), [3 / 4, 4 / 3]), dtype=torch.float32)
             row[FLIP] = float(torch.rand(1) < self.aug["hflip"])
@@ -68,6 +65,12 @@ class ViewPlanner:
                 row[SIGMA] = _BLUR_SIGMA[0] + (_BLUR_SIGMA[1] - _BLUR_SIGMA[0]) * torch.rand(()).item()
             if solarize > 0 and torch.rand(()).item() < solarize:
                 row[SOLARIZE] = 1.0
+        if max(img.size) > self.max_side:
+            factor = self.max_side / max(img.size)
+            size = (max(1, round(img.width * factor)), max(1, round(img.height * factor)))
+            plan[:, [LEFT, WIDTH]] *= size[0] / img.width
+            plan[:, [TOP, HEIGHT]] *= size[1] / img.height
+            img = img.resize(size, Image.BICUBIC)
         return pil_to_tensor(img), plan
 
 
@@ -174,16 +177,21 @@ def color_jitter(x: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
     if not on.any():
         return x
     order = plan[:, ORDER].long()
+    x = x.clone()
     for position in range(4):
         for op_index, (operation, column) in enumerate(_OPERATIONS):
-            chosen = on & (order[:, position] == op_index)
-            if chosen.any():
-                x = torch.where(chosen[:, None, None, None], operation(x, plan[:, column, None, None, None]), x)
+            chosen = (on & (order[:, position] == op_index)).nonzero().squeeze(1)
+            if len(chosen):
+                x[chosen] = operation(x[chosen], plan[chosen, column, None, None, None])
     return x
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-sample sigma (0 = unchanged), reflect padding, one grouped separable convolution."""
+    """Per-sample sigma (0 = unchanged), one grouped separable convolution.
+
+    The border is extended by repeating the edge pixels, as PIL's blur does (and unlike reflection,
+    this works on views smaller than the kernel).
+    """
     radius = max(1, math.ceil(3 * float(sigma.max())))
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     safe = sigma.clamp_min(1e-3)[:, None]
@@ -193,7 +201,7 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     kernel = torch.where((sigma > 0)[:, None], kernel, identity)
     batch, channels, height, width = x.shape
     weights = kernel.repeat_interleave(channels, dim=0)  # (B*C, K)
-    flat = F.pad(x.reshape(1, batch * channels, height, width), (radius, radius, radius, radius), mode="reflect")
+    flat = F.pad(x.reshape(1, batch * channels, height, width), (radius, radius, radius, radius), mode="replicate")
     flat = F.conv2d(flat, weights[:, None, None, :], groups=batch * channels)
     flat = F.conv2d(flat, weights[:, None, :, None], groups=batch * channels)
     return flat.reshape(batch, channels, height, width)

@@ -275,7 +275,7 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
                     raise TrainingDiverged(f"loss is {values['loss']} at step {step}; "
                                            f"the last good state is {checkpoint_path}")
                 elapsed = time.perf_counter() - window_start
-                stage = "self_label" if step > self_label_from else "twist"
+                stage = "self_label" if step > self_label_from else cfg["method"]
                 record = {"kind": "train", "stage": stage, "step": step, "epoch": epoch, **values,
                           "lr": optimizer.param_groups[0]["lr"],
                           "weight_decay": optimizer.param_groups[0]["weight_decay"],

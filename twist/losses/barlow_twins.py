@@ -32,8 +32,10 @@ class BarlowTwinsLoss(nn.Module):
         self.lam, self.eps, self.batch_mean = lam, eps, batch_mean
 
     def standardise(self, z: torch.Tensor) -> torch.Tensor:
-        moments = self.batch_mean(torch.stack([z.mean(dim=0), (z * z).mean(dim=0)]))
-        mean, variance = moments[0], (moments[1] - moments[0] ** 2).clamp_min(0)
+        # Two passes (mean, then mean squared deviation): E[z^2] - E[z]^2 cancels catastrophically in
+        # float32 when a dimension's mean is large next to its spread, as in a nearly collapsed one.
+        mean = self.batch_mean(z.mean(dim=0))
+        variance = self.batch_mean((z - mean).pow(2).mean(dim=0))
         return (z - mean) / torch.sqrt(variance + self.eps)
 
     def forward(self, embeddings: list[torch.Tensor]) -> dict[str, torch.Tensor]:

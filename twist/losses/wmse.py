@@ -40,6 +40,9 @@ def cholesky_whiten(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
 
 
 def _whiten(x: torch.Tensor, eps: float) -> torch.Tensor:
+    if not torch.isfinite(x).all():
+        raise WhiteningError("the embeddings to whiten contain NaN or infinite values: training diverged before "
+                             "the whitening (lower optim.lr, or use bf16 rather than fp16)")
     n, d = x.shape
     centred = x - x.mean(dim=0, keepdim=True)
     covariance = centred.T @ centred / (n - 1)

@@ -101,7 +101,7 @@ def test_exponent_without_dot_is_a_number():
 
 @pytest.mark.parametrize("override, key, allowed", [
     ("device=gpu", "device", "auto, cpu, cuda"),
-    ("optim.name=adam", "optim.name", "lars, sgd, adamw"),
+    ("optim.name=rmsprop", "optim.name", "lars, sgd, adam, adamw"),
     ("augment.pipeline=simclr", "augment.pipeline", "barlow, small_gray"),
     ("train.precision=fp8", "train.precision", "fp32, bf16, fp16"),
 ])

@@ -184,7 +184,7 @@ def test_build_lars_groups():
     assert (g1["weight_decay"], g1["lars_exclude"]) == (0.03, False)
 
 
-@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
 def test_build_sgd_and_adamw_with_two_groups(name, cls):
     model = _TinyViTish()
     opt = build_optimizer(model, _optim_cfg(name=name, weight_decay=0.04, momentum=0.7))
@@ -207,7 +207,7 @@ def test_build_sgd_and_adamw_with_two_groups(name, cls):
 
 
 def test_build_unknown_optimizer():
-    with pytest.raises(ValueError, match="optim.name must be lars, sgd or adamw; got 'rmsprop'"):
+    with pytest.raises(ValueError, match="optim.name must be lars, sgd, adam or adamw; got 'rmsprop'"):
         build_optimizer(_TinyViTish(), _optim_cfg(name="rmsprop"))
 
 

@@ -132,8 +132,8 @@ def write_plot(table: dict[str, list[dict]], path: str) -> None:
     ax.set_xticks(np.arange(len(names)), names, rotation=25, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy on digits")
-    ax.legend(loc="lower left", fontsize=8)
-    ax.set_title("TWIST, Barlow Twins, W-MSE and TWIST ablations (mean ± std over seeds)", fontsize=10)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(shown), fontsize=8, frameon=False)
+    ax.set_title("TWIST, Barlow Twins, W-MSE and TWIST ablations (mean ± std over seeds)", fontsize=10, pad=22)
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)

@@ -1,11 +1,15 @@
-"""Peak memory per image of the training step, for two views and for multi-crop, beside the bare backbone.
+"""Memory per image of the training step, for two views and for multi-crop, beside the bare backbone.
 
 Each measurement runs in a fresh process: build the step (model, LARS, pre-made views, exactly as
-bench/step_overhead.py does), run three steps, read the peak. Memory per image is the difference of
-the peaks at two batch sizes divided by the difference of the batches, so what is fixed (weights,
-optimiser state, the libraries) cancels and what grows with the batch (activations, views, the
-head's outputs) remains. GPU: torch.cuda.max_memory_allocated. CPU: the process's peak resident set
-(ru_maxrss), which also counts the allocator's caching, so CPU figures are upper bounds.
+bench/step_overhead.py does) and run three steps. Memory per image is the difference of the figures
+at two batch sizes divided by the difference of the batches, so what is fixed (weights, optimiser
+state, the libraries) cancels and what grows with the batch remains.
+
+- GPU: the peak of torch.cuda.max_memory_allocated, the figure that decides the largest batch.
+- CPU: the bytes of the distinct tensors autograd saves for the backward pass during the step's
+  forward (saved_tensors_hooks), i.e. the activation memory. The process's peak resident set is
+  not used: the allocator's caching and which phase sets the peak (backward, or the optimiser's
+  temporaries at small batches) make its differences meaningless.
 
     python bench/memory.py                       # CPU: ResNet-18, 64 px (+ 6 x 32 px multi-crop)
     python bench/memory.py --backbone resnet50 --image-size 224 --local-size 96 --precision bf16 --device cuda
@@ -15,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -32,20 +35,29 @@ def child(argv: list[str], which: str) -> None:
     steps, device = make_steps(args, which=(which,))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for i in range(3):
-        steps[which](i)
-    if device.type == "cuda":
+        for i in range(3):
+            steps[which](i)
         torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    print(json.dumps({"peak": peak}))
+        print(json.dumps({"bytes": torch.cuda.max_memory_allocated(device)}))
+        return
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()  # a storage saved twice counts once
+        return tensor
+
+    for i in range(3):
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            steps[which](i)
+    print(json.dumps({"bytes": sum(saved.values())}))
 
 
 def measure(common: list[str], which: str, batch: int) -> int:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", which, *common, "--batch-size", str(batch)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak"]
+    return json.loads(out.strip().splitlines()[-1])["bytes"]
 
 
 def main():
@@ -67,9 +79,11 @@ def main():
               "--local-size", str(args.local_size)]
     small, large = args.batches
     print(f"hardware: {describe_hardware(resolve_device(args.device))}")
-    print(f"setting:  {args.backbone}, head {args.hidden_dim}/{args.num_classes}, {args.precision}; "
-          f"per image = (peak at batch {large} - peak at batch {small}) / {large - small}")
-    print(f"{'views per image':<34}{'bare MiB/img':>14}{'TWIST MiB/img':>15}{'ratio':>8}{'TWIST peak MiB':>16}")
+    device = resolve_device(args.device)
+    what = "peak allocated" if device.type == "cuda" else "saved activations"
+    print(f"setting:  {args.backbone}, head {args.hidden_dim}/{args.num_classes}, {args.precision}; {what}; "
+          f"per image = (figure at batch {large} - figure at batch {small}) / {large - small}")
+    print(f"{'views per image':<34}{'bare MiB/img':>14}{'TWIST MiB/img':>15}{'ratio':>8}{'TWIST MiB @' + str(large):>16}")
     for name, crops in [(f"2 x {args.image_size} px", 0),
                         (f"2 x {args.image_size} + {args.local_crops} x {args.local_size} px", args.local_crops)]:
         setting = common + ["--local-crops", str(crops)]

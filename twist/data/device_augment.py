@@ -172,7 +172,11 @@ _OPERATIONS = [(adjust_brightness, BRIGHTNESS), (adjust_contrast, CONTRAST), (ad
 
 
 def color_jitter(x: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
-    """Each sample's four operations in its own order; samples with the jitter off pass unchanged."""
+    """Each sample's four operations in its own order; samples with the jitter off pass unchanged.
+
+    ``plan`` lives on the host (see :class:`DeviceAugment`): which samples each operation touches is
+    decided there, and only their indices and factors go to ``x``'s device.
+    """
     on = plan[:, JITTER].bool()
     if not on.any():
         return x
@@ -182,23 +186,26 @@ def color_jitter(x: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
         for op_index, (operation, column) in enumerate(_OPERATIONS):
             chosen = (on & (order[:, position] == op_index)).nonzero().squeeze(1)
             if len(chosen):
-                x[chosen] = operation(x[chosen], plan[chosen, column, None, None, None])
+                factor = plan[chosen, column].to(x.device, non_blocking=True)[:, None, None, None]
+                on_device = chosen.to(x.device, non_blocking=True)
+                x[on_device] = operation(x[on_device], factor)
     return x
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Per-sample sigma (0 = unchanged), one grouped separable convolution.
 
-    The border is extended by repeating the edge pixels, as PIL's blur does (and unlike reflection,
-    this works on views smaller than the kernel).
+    ``sigma`` lives on the host: the kernels (B x K numbers) are built there and copied over. The
+    border is extended by repeating the edge pixels, as PIL's blur does (and unlike reflection, this
+    works on views smaller than the kernel).
     """
     radius = max(1, math.ceil(3 * float(sigma.max())))
-    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    safe = sigma.clamp_min(1e-3)[:, None]
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    safe = sigma.float().clamp_min(1e-3)[:, None]
     kernel = torch.exp(-0.5 * (offsets[None] / safe) ** 2)
     kernel = kernel / kernel.sum(dim=1, keepdim=True)
-    identity = (offsets == 0).to(x.dtype).expand_as(kernel)
-    kernel = torch.where((sigma > 0)[:, None], kernel, identity)
+    identity = (offsets == 0).float().expand_as(kernel)
+    kernel = torch.where((sigma > 0)[:, None], kernel, identity).to(x.device, x.dtype, non_blocking=True)
     batch, channels, height, width = x.shape
     weights = kernel.repeat_interleave(channels, dim=0)  # (B*C, K)
     flat = F.pad(x.reshape(1, batch * channels, height, width), (radius, radius, radius, radius), mode="replicate")
@@ -212,13 +219,19 @@ def crop_and_resize(images: torch.Tensor, plan: torch.Tensor, size: int) -> torc
     top, left, height, width = plan[:, TOP], plan[:, LEFT], plan[:, HEIGHT], plan[:, WIDTH]
     boxes = torch.stack([torch.arange(len(plan), device=plan.device, dtype=plan.dtype),
                          left, top, left + width, top + height], dim=1)
-    out = roi_align(images, boxes.to(images.dtype), output_size=size, spatial_scale=1.0, sampling_ratio=-1,
+    out = roi_align(images, boxes.to(images.device, images.dtype, non_blocking=True), output_size=size, spatial_scale=1.0, sampling_ratio=-1,
                     aligned=True)
     return out.clamp(0, 1)
 
 
 class DeviceAugment(torch.nn.Module):
-    """Device side: ``(uint8 images (B, 3, H, W), plans (B, V, PLAN_WIDTH)) -> V normalised views``."""
+    """Device side: ``(uint8 images (B, 3, H, W), plans (B, V, PLAN_WIDTH)) -> V normalised views``.
+
+    The images are on the device, the plans stay on the host where the workers made them: every
+    decision (which samples flip, blur, take each jitter operation in which order) is read there, so
+    the augmentation never waits for the device (a host read of a device tensor would stall until the
+    previous step's work has finished) and only a few small tensors are copied over.
+    """
 
     def __init__(self, sizes: list[int]):
         super().__init__()
@@ -230,16 +243,21 @@ class DeviceAugment(torch.nn.Module):
     def forward(self, images: torch.Tensor, plans: torch.Tensor) -> list[torch.Tensor]:
         if plans.shape[1] != len(self.sizes):
             raise ValueError(f"plans describe {plans.shape[1]} views, the config {len(self.sizes)}")
+        plans = plans.cpu()
         images = images.float() / 255
+
+        def mask(plan, column):
+            return plan[:, column].bool().to(images.device, non_blocking=True)[:, None, None, None]
+
         views = []
         for v, size in enumerate(self.sizes):
             plan = plans[:, v]
             x = crop_and_resize(images, plan, size)
-            x = torch.where(plan[:, FLIP, None, None, None].bool(), x.flip(-1), x)
+            x = torch.where(mask(plan, FLIP), x.flip(-1), x)
             x = color_jitter(x, plan)
-            x = torch.where(plan[:, GRAY, None, None, None].bool(), _grayscale(x).expand_as(x), x)
+            x = torch.where(mask(plan, GRAY), _grayscale(x).expand_as(x), x)
             if plan[:, BLUR].any():
                 x = gaussian_blur(x, plan[:, SIGMA] * plan[:, BLUR])
-            x = torch.where(plan[:, SOLARIZE, None, None, None].bool() & (x >= 0.5), 1 - x, x)
+            x = torch.where(mask(plan, SOLARIZE) & (x >= 0.5), 1 - x, x)
             views.append((x - self.mean) / self.std)
         return views

@@ -250,7 +250,7 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
             skipped_total += skipped
             if device_augment is not None:
                 images, plans = views
-                views = device_augment(images.to(device, non_blocking=True), plans.to(device, non_blocking=True))
+                views = device_augment(images.to(device, non_blocking=True), plans)  # plans stay on the host
             views = [v.to(device, non_blocking=True, memory_format=memory_format) for v in views]
 
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):

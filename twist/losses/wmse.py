@@ -35,26 +35,36 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
 
 def cholesky_whiten(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """Rows of ``x`` (n x d) whitened with the Cholesky factor of their covariance, in >= float32."""
+    whitened, failure = _whiten(x, eps)
+    raise_if_failed(failure, *x.shape)
+    return whitened
+
+
+def _whiten(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whitened rows and a failure code on ``x``'s device (0 fine, 1 non-finite input, 2 Cholesky
+    failed), so that a caller whitening many sub-batches reads one code per step, not one per sub-batch."""
     with torch.autocast(x.device.type, enabled=False):  # an enclosing autocast would run the matmuls in half
-        return _whiten(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, eps)
+        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        n, d = x.shape
+        centred = x - x.mean(dim=0, keepdim=True)
+        covariance = centred.T @ centred / (n - 1)
+        covariance = (1 - eps) * covariance + eps * torch.eye(d, dtype=x.dtype, device=x.device)
+        factor, info = torch.linalg.cholesky_ex(covariance)
+        whitened = torch.linalg.solve_triangular(factor, centred.T, upper=False).T
+    failure = torch.where(~torch.isfinite(x).all(), 1, torch.where((info != 0) | ~torch.isfinite(factor).all(), 2, 0))
+    return whitened, failure
 
 
-def _whiten(x: torch.Tensor, eps: float) -> torch.Tensor:
-    if not torch.isfinite(x).all():
+def raise_if_failed(failure: torch.Tensor, n: int, d: int) -> None:
+    code = int(failure)  # the one host read
+    if code == 1:
         raise WhiteningError("the embeddings to whiten contain NaN or infinite values: training diverged before "
                              "the whitening (lower optim.lr, or use bf16 rather than fp16)")
-    n, d = x.shape
-    centred = x - x.mean(dim=0, keepdim=True)
-    covariance = centred.T @ centred / (n - 1)
-    covariance = (1 - eps) * covariance + eps * torch.eye(d, dtype=x.dtype, device=x.device)
-    factor, info = torch.linalg.cholesky_ex(covariance)
-    if int(info) != 0 or not torch.isfinite(factor).all():
+    if code == 2:
         raise WhiteningError(
             f"the covariance of a sub-batch of {n} embeddings of dimension {d} is not positive definite "
-            f"(Cholesky failed at column {int(info)}): raise wmse.w_eps (e.g. 0.01) to shrink it towards the "
-            f"identity, or use a larger wmse.w_size (it must exceed the embedding dimension {d}, and far more "
-            f"is safer)")
-    return torch.linalg.solve_triangular(factor, centred.T, upper=False).T
+            f"(Cholesky failed): raise wmse.w_eps (e.g. 0.01) to shrink it towards the identity, or use a "
+            f"larger wmse.w_size (it must exceed the embedding dimension {d}, and far more is safer)")
 
 
 def normalised_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -81,10 +91,13 @@ class WMSELoss(nn.Module):
         distance = normalised_mse if self.normalize else F.mse_loss
         pairs = list(combinations(range(len(views)), 2))
         total = views[0].new_zeros((), dtype=torch.float64 if views[0].dtype == torch.float64 else torch.float32)
+        failures = []
         for _ in range(self.w_iter):
             order = torch.randperm(batch, generator=generator).to(views[0].device).view(-1, self.w_size)
             for rows in order:
-                whitened = [cholesky_whiten(v[rows], self.w_eps) for v in views]
+                whitened, failed = zip(*(_whiten(v[rows], self.w_eps) for v in views))
+                failures += list(failed)
                 total = total + sum(distance(whitened[i], whitened[j]) for i, j in pairs) * len(rows) / batch
+        raise_if_failed(torch.stack(failures).max(), self.w_size, views[0].shape[1])
         loss = total / (self.w_iter * len(pairs))
         return {"loss": loss}

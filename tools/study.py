@@ -155,7 +155,7 @@ def write_report(table: dict[str, list[dict]], args, plot_name: str, notes: str)
         f"`train` split (configs/eval/digits.yaml); clustering is scored on all 1,797 images and exists "
         f"only where the method has a class head. Entries are mean ± std over seeds.",
         "",
-        f"Machine: {describe_hardware()}; {args.jobs} runs at a time, {max(1, (os.cpu_count() or 1) // args.jobs)} thread(s) each.",
+        f"Machine: {describe_hardware()}; {args.jobs} runs at a time, {args.threads} thread(s) each.",
         "",
         f"![study]({plot_name})",
         "",
@@ -191,11 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notes", default="docs/study_notes.md",
                         help="hand-written reading of the results, inserted into the report (kept between runs)")
     parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    args.command = "python -m tools.study" + ("" if argv is None and len(sys.argv) == 1 else " " + " ".join(
-        sys.argv[1:] if argv is None else argv))
+    args.command = " ".join(["python -m tools.study", *argv])
+    args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads
     variants = [v for v in VARIANTS if not args.only or v.name in args.only]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
     jobs = [(v, s) for v in variants for s in args.seeds]
     print(f"{len(jobs)} runs of {args.epochs} epochs, {args.jobs} at a time with {threads} threads each", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:

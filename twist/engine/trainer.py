@@ -191,7 +191,7 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     epochs, steps_per_epoch = cfg["train"]["epochs"], sampler.batches_per_epoch
     total_steps = epochs * steps_per_epoch
-    schedules = build_schedules(cfg, steps_per_epoch, global_batch=cfg["train"]["batch_size"] * env.world_size)
+    schedules = build_schedules(cfg, steps_per_epoch, global_batch=global_batch)
     self_label_from = (cfg["self_label"]["start_epoch"] * steps_per_epoch if cfg["self_label"]["enabled"]
                        else total_steps)
 

@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) bench/step_overhead.py --local-crops 6 --local-size 32
 	$(PY) bench/data_pipeline.py
 	$(PY) bench/memory.py
+	$(PY) bench/optimizer.py
 	$(PY) bench/evaluation.py
 
 # TWIST vs Barlow Twins vs W-MSE and TWIST's ablations on digits, 3 seeds each: writes docs/study.md and docs/study.png.

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from twist.config import DEFAULTS
 from twist.engine.optim import (LARS, apply_schedules, build_optimizer, build_schedules, split_decay_groups)
@@ -128,6 +130,36 @@ def test_lars_does_not_modify_gradients_and_returns_closure_loss():
 
     assert opt.step(closure).item() == 7.0
     assert torch.equal(p.grad, g)
+
+
+class _NewTensorSizes(TorchDispatchMode):
+    """Records the element count of every tensor an op creates (outputs that are not its inputs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes, self.calls = [], 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.calls += 1
+        inputs = {id(t) for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        self.sizes += [t.numel() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and id(t) not in inputs]
+        return out
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_lars_step_allocates_no_parameter_sized_temporaries(exclude):
+    """After the first step (which creates the momentum buffers) a step only makes per-parameter scalars:
+    the head's 36 M+ parameters make the step memory-bound, and a temporary copy of them doubles its
+    traffic (bench/optimizer.py)."""
+    params = [torch.nn.Parameter(torch.randn(64, 32)), torch.nn.Parameter(torch.randn(32))]
+    opt = LARS(params, lr=0.1, weight_decay=0.01, lars_exclude=exclude)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    with _NewTensorSizes() as mode:
+        opt.step()
+    assert mode.calls > 0 and max(mode.sizes, default=0) < 32, mode.sizes
 
 
 # ---- parameter groups --------------------------------------------------------------------------------

@@ -21,7 +21,11 @@ class LARS(torch.optim.Optimizer):
         buf   = momentum * buf + u ;  p -= buf
 
     Norms are computed for all parameters of a group at once and nothing is read back to the host,
-    so a step never waits on the device.
+    so a step never waits on the device. The update is accumulated straight into the momentum
+    buffer (``buf = momentum * buf + s * g + s * wd * p`` with ``s = ratio * lr``), so a step
+    allocates no parameter-sized temporaries and runs six kernels over the parameters' memory: with
+    TWIST's head (36 M parameters at C = 4096, 160 M at C = 32768) the optimiser is bound by memory
+    traffic, and on the CPU every fresh allocation of that size also pays its page faults.
     """
 
     def __init__(self, params: Iterable, lr: float = 0.0, momentum: float = 0.9, weight_decay: float = 0.0,
@@ -41,25 +45,26 @@ class LARS(torch.optim.Optimizer):
                 continue
             grads = [p.grad for p in params]
             wd, lr, momentum = group["weight_decay"], group["lr"], group["momentum"]
-            if wd != 0:
-                grads = torch._foreach_add(grads, params, alpha=wd)
-            else:
-                grads = [g.clone() for g in grads]
-            if not group["lars_exclude"]:
-                param_norms = torch._foreach_norm(params)
-                grad_norms = torch._foreach_norm([p.grad for p in params])
-                for update, p_norm, g_norm in zip(grads, param_norms, grad_norms):
-                    ratio = group["eta"] * p_norm / (g_norm + wd * p_norm)
-                    ratio = torch.where((p_norm > 0) & (g_norm > 0), ratio, 1.0)
-                    update.mul_(ratio)
-            torch._foreach_mul_(grads, lr)
-            for p, update in zip(params, grads):
+            buffers = []
+            for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = update
-                else:
-                    state["momentum_buffer"].mul_(momentum).add_(update)
-                p.sub_(state["momentum_buffer"])
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                buffers.append(state["momentum_buffer"])
+            torch._foreach_mul_(buffers, momentum)
+            if group["lars_exclude"]:
+                torch._foreach_add_(buffers, grads, alpha=lr)
+                if wd != 0:
+                    torch._foreach_add_(buffers, params, alpha=lr * wd)
+            else:
+                param_norms = torch.stack(torch._foreach_norm(params))
+                grad_norms = torch.stack(torch._foreach_norm(grads))
+                ratio = group["eta"] * param_norms / (grad_norms + wd * param_norms)
+                scale = torch.where((param_norms > 0) & (grad_norms > 0), ratio, 1.0) * lr
+                torch._foreach_addcmul_(buffers, grads, list(scale.unbind()))
+                if wd != 0:
+                    torch._foreach_addcmul_(buffers, params, list((scale * wd).unbind()))
+            torch._foreach_sub_(params, buffers)
         return loss
 
 

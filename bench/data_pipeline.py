@@ -56,7 +56,7 @@ def pipeline_rate(cfg, files: list[bytes], rounds: int, planner: bool = False) -
     for r in range(rounds):
         start = time.perf_counter()
         for index, data in enumerate(files):
-            torch.manual_seed(sample_seed(cfg["seed"], r, index))
+            torch.random.default_generator.manual_seed(sample_seed(cfg["seed"], r, index))  # as ViewsDataset does
             with Image.open(io.BytesIO(data)) as img:
                 transform(img.convert("RGB"))
         rates.append(len(files) / (time.perf_counter() - start))

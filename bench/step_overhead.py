@@ -3,11 +3,14 @@
 Both steps run on the same pre-made tensors (two views of a batch, or multi-crop: two global views
 and L local ones), with the same optimiser (LARS) and the same precision. The bare step is backbone
 forward (once per view size, as the model does) → mean of features → backward → LARS step;
-the TWIST step adds the projection head, NBS, the TWIST loss, schedule updates and the step's
-logging reads. Rounds alternate between the two so that machine noise hits both alike.
+the TWIST step is the trainer's (its loss module and optimizer_step): the projection head, NBS, the
+TWIST loss, schedule updates and LARS; --method runs Barlow Twins' or W-MSE's step instead.
+Rounds alternate between the two so that machine noise hits both alike.
 
     python bench/step_overhead.py                      # CPU defaults: ResNet-18, 64 px, batch 128
     python bench/step_overhead.py --local-crops 6 --local-size 32    # multi-crop, scaled down for CPU
+    python bench/step_overhead.py --method barlow_twins   # the companion objectives' steps
+    python bench/step_overhead.py --method wmse --batch-size 256     # a multiple of wmse.w_size
     python bench/step_overhead.py --backbone resnet50 --image-size 224 --precision bf16 --device cuda
     python bench/step_overhead.py --backbone resnet50 --image-size 224 --local-crops 6 --local-size 96 \
         --precision bf16 --device cuda --channels-last
@@ -24,12 +27,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from twist.config import load_config
 from twist.engine.optim import apply_schedules, build_optimizer, build_schedules
 from twist.engine.runtime import autocast_dtype, describe_hardware, resolve_device
-from twist.losses import TwistLoss
+from twist.engine.trainer import MethodLoss, optimizer_step
 from twist.models import build_backbone, build_model
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="twist", choices=["twist", "barlow_twins", "wmse"],
+                   help="the objective; the head options apply to TWIST only")
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=128)
@@ -52,7 +57,7 @@ def sync(device):
 
 def make_steps(args, which=("twist", "bare")):
     """The named step functions on pre-made views (``step(i)``), and the device; shared with bench/memory.py."""
-    cfg = load_config(None, [f"model.backbone={args.backbone}", "data.dataset=synthetic",
+    cfg = load_config(None, [f"method={args.method}", f"model.backbone={args.backbone}", "data.dataset=synthetic",
                              f"data.image_size={args.image_size}", f"model.head.hidden_dim={args.hidden_dim}",
                              f"model.head.num_classes={args.num_classes}", f"train.precision={args.precision}",
                              f"device={args.device}", "optim.warmup_epochs=0", "train.epochs=1"])
@@ -69,16 +74,16 @@ def make_steps(args, which=("twist", "bare")):
         twin = build_model(cfg).to(device).train()
         twin.backbone.to(memory_format=memory_format)
         twin_opt = build_optimizer(twin, cfg["optim"])
-        criterion = TwistLoss(**cfg["loss"])
+        criterion = MethodLoss(cfg)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        indices = torch.arange(args.batch_size)
 
-        def twist_step(i):
+        def twist_step(i):  # the trainer's step, on pre-made views
             apply_schedules(twin_opt, schedules, i, cfg["optim"]["bias_lr_ratio"])
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = twin(views)
-            terms = criterion(logits)
-            twin_opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            twin_opt.step()
+                outputs = twin(views)
+            terms = criterion(outputs, i, indices)
+            optimizer_step(terms["loss"], twin, twin_opt, scaler, cfg["optim"]["clip_grad_norm"])
             return terms
 
         steps["twist"] = twist_step
@@ -103,6 +108,7 @@ def make_steps(args, which=("twist", "bare")):
 
 def main():
     args = parse_args()
+    label = {"twist": "TWIST", "barlow_twins": "Barlow Twins", "wmse": "W-MSE"}[args.method]
     steps, device = make_steps(args)
     twist_step, bare_step = steps["twist"], steps["bare"]
 
@@ -128,14 +134,14 @@ def main():
 
     print(f"hardware: {describe_hardware(device)}")
     local = f" + {args.local_crops} x {args.local_size} px" if args.local_crops else ""
-    print(f"setting:  {args.backbone}, batch {args.batch_size} images x (2 x {args.image_size} px{local}), "
+    print(f"setting:  {label}, {args.backbone}, batch {args.batch_size} images x (2 x {args.image_size} px{local}), "
           f"head {args.hidden_dim}/{args.num_classes}, {args.precision}, LARS"
           + (", channels_last" if args.channels_last else ""))
     print(f"{'step':<34}{'images/s':>12}")
     print(f"{'bare backbone fwd+bwd+LARS':<34}{bare_rate:>12.1f}")
-    print(f"{'TWIST (head, NBS, loss, sched.)':<34}{twist_rate:>12.1f}")
-    print(f"ratio TWIST / bare: {twist_rate / bare_rate:.3f}  (median of {args.rounds} rounds of {args.steps} steps)")
-    print(f"arithmetic ceiling, bare FLOPs / TWIST FLOPs per step: {flops['bare'] / flops['twist']:.3f}  "
+    print(f"{label + ' (head, loss, sched.)':<34}{twist_rate:>12.1f}")
+    print(f"ratio {label} / bare: {twist_rate / bare_rate:.3f}  (median of {args.rounds} rounds of {args.steps} steps)")
+    print(f"arithmetic ceiling, bare FLOPs / {label} FLOPs per step: {flops['bare'] / flops['twist']:.3f}  "
           f"({flops['bare'] / 1e9:.1f} vs {flops['twist'] / 1e9:.1f} GFLOP: the head's matmuls are the difference)")
 
 

@@ -27,14 +27,16 @@ def reference_loss_torch(z1, z2, lam, eps=1e-5):
     return ((torch.diagonal(c) - 1) ** 2).sum() + lam * (off ** 2).sum()
 
 
-@pytest.mark.parametrize("n, d, lam", [(16, 8, 0.0051), (40, 5, 0.5), (7, 12, 0.02)])
-def test_value_and_gradient_match_the_formula(n, d, lam):
+@pytest.mark.parametrize("form", ["auto", "matrix", "gram"])
+@pytest.mark.parametrize("n, d, lam", [(16, 8, 0.0051), (40, 5, 0.5), (7, 12, 0.02), (5, 24, 0.1)])
+def test_value_and_gradient_match_the_formula(n, d, lam, form):
+    """Both forms of ||C||^2 (the D x D matrix, the N x N Gram matrices), and the choice between them."""
     rng = np.random.default_rng(n + d)
     z1 = rng.normal(size=(n, d)) * 3 + 1
     z2 = 0.7 * z1 + rng.normal(size=(n, d))
     a = torch.tensor(z1, requires_grad=True)
     b = torch.tensor(z2, requires_grad=True)
-    terms = BarlowTwinsLoss(lam)([a, b])
+    terms = BarlowTwinsLoss(lam, form=form)([a, b])
     assert terms["loss"].item() == pytest.approx(reference_value(z1, z2, lam), rel=1e-10)
     assert (terms["on_diagonal"] + lam * terms["off_diagonal"]).item() == pytest.approx(terms["loss"].item())
     terms["loss"].backward()
@@ -61,8 +63,14 @@ def test_identical_views_with_decorrelated_dimensions_reach_zero():
     x = rng.normal(size=(64, 8))
     q, _ = np.linalg.qr(x - x.mean(0))  # orthogonal columns that each sum to zero: C is the identity
     z = torch.tensor(q)
-    assert BarlowTwinsLoss(eps=0.0)([z, z])["loss"].item() == pytest.approx(0.0, abs=1e-20)
-    assert BarlowTwinsLoss(eps=0.0)([z, -z])["loss"].item() == pytest.approx(4.0 * 8)  # C = -I
+    for form in ("matrix", "gram"):  # the off-diagonal sum is ||C||^2 - sum C_ii^2: zero up to rounding
+        assert BarlowTwinsLoss(eps=0.0, form=form)([z, z])["loss"].item() == pytest.approx(0.0, abs=1e-12)
+        assert BarlowTwinsLoss(eps=0.0, form=form)([z, -z])["loss"].item() == pytest.approx(4.0 * 8)  # C = -I
+
+
+def test_unknown_form_is_refused():
+    with pytest.raises(ValueError, match="form must be auto, matrix or gram; got 'dense'"):
+        BarlowTwinsLoss(form="dense")
 
 
 def test_needs_two_views():
@@ -76,6 +84,8 @@ def test_inside_bf16_autocast_the_loss_is_the_float32_loss():
     expected = BarlowTwinsLoss()([z1, z2])["loss"]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         terms = BarlowTwinsLoss()([z1, z2])
+        gram_terms = BarlowTwinsLoss(form="gram")([z1, z2])
+    torch.testing.assert_close(gram_terms["loss"], expected, rtol=1e-5, atol=1e-5)
     assert terms["loss"].dtype == torch.float32
     torch.testing.assert_close(terms["loss"], expected, rtol=1e-6, atol=1e-6)  # bf16 matmuls are off by ~1e-2
 

@@ -1,5 +1,5 @@
-"""Barlow Twins and W-MSE on 2 real gloo ranks: the loss value and every parameter gradient equal one
-process on the global batch.
+"""Barlow Twins (both forms of ||C||^2) and W-MSE on 2 real gloo ranks: each rank's loss value and every
+parameter gradient equal one process on the global batch.
 
 Float64 throughout, so a mismatch is a real one and not summation order. Rank r holds the rows
 r, r + W, r + 2W, ... (not a contiguous block), so W-MSE's sub-batches only match the single process
@@ -22,6 +22,7 @@ from twist.models import build_model
 WORLD, GLOBAL_BATCH, NUM_VIEWS = 2, 8, 3
 METHODS = {
     "barlow_twins": ["method=barlow_twins", "barlow_twins.hidden_dim=12", "barlow_twins.out_dim=6"],
+    "barlow_twins_gram": ["method=barlow_twins", "barlow_twins.hidden_dim=12", "barlow_twins.out_dim=6"],
     "wmse": ["method=wmse", "wmse.hidden_dim=12", "wmse.out_dim=3", "wmse.w_size=4", f"wmse.num_samples={NUM_VIEWS}"],
 }
 COMMON = ["data.dataset=synthetic", "model.backbone=resnet18", "data.image_size=16", f"train.batch_size={GLOBAL_BATCH}"]
@@ -34,13 +35,15 @@ def _model(method):
 
 def _views(method):
     generator = torch.Generator().manual_seed(1)
-    count = 2 if method == "barlow_twins" else NUM_VIEWS
+    count = 2 if method.startswith("barlow_twins") else NUM_VIEWS
     return [torch.randn(GLOBAL_BATCH, 3, 16, 16, generator=generator, dtype=torch.float64) for _ in range(count)]
 
 
 def _loss(method, outputs, indices, distributed):
-    if method == "barlow_twins":
-        return BarlowTwinsLoss(lam=0.02, batch_mean=all_reduce_mean if distributed else lambda t: t)(outputs)
+    if method.startswith("barlow_twins"):  # ||C||^2 from the all-reduced D x D matrix, or the gathered Gram rows
+        collectives = dict(batch_mean=all_reduce_mean, gather=all_gather_cat) if distributed else {}
+        form = "gram" if method == "barlow_twins_gram" else "matrix"
+        return BarlowTwinsLoss(lam=0.02, form=form, **collectives)(outputs)
     loss = WMSELoss(w_size=4, w_iter=2, w_eps=0.01, gather=all_gather_cat if distributed else lambda t: t)
     return loss(outputs, torch.Generator().manual_seed(5), keys=indices)
 
@@ -58,7 +61,7 @@ def _rank_main(rank, method, port, out_path):
     terms["loss"].backward()
     logged = reduce_for_logging(torch.stack(list(terms.values())))
     if rank == 0:
-        torch.save({"logged": logged, "grads": {n: p.grad for n, p in model.module.named_parameters()}}, out_path)
+        torch.save({"logged": logged, "rank0": torch.stack(list(terms.values())).detach(), "grads": {n: p.grad for n, p in model.module.named_parameters()}}, out_path)
     dist.destroy_process_group()
 
 
@@ -71,7 +74,9 @@ def test_two_ranks_equal_one_process_on_the_global_batch(method, tmp_path):
     model = _model(method).train()
     terms = _loss(method, model(_views(method)), torch.arange(GLOBAL_BATCH), distributed=False)
     terms["loss"].backward()
-    torch.testing.assert_close(result["logged"], torch.stack(list(terms.values())).detach(), rtol=1e-9, atol=1e-12)
+    expected = torch.stack(list(terms.values())).detach()
+    torch.testing.assert_close(result["logged"], expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(result["rank0"], expected, rtol=1e-9, atol=1e-12)  # each rank has the global loss
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert grads.keys() == result["grads"].keys()
     for name, grad in grads.items():

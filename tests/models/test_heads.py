@@ -1,8 +1,11 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 from twist.models import TwistHead
+from twist.models.heads import BarlowTwinsProjector
 
 
 def test_nbs_gives_zero_mean_unit_variance_logits_per_class():
@@ -45,3 +48,25 @@ def test_trunc_normal_init_for_vit_heads():
     assert weight.std().item() == pytest.approx(0.02, rel=0.02)
     assert weight.mean().abs().item() < 1e-3
     assert torch.all(head.last_linear.bias == 0)
+
+
+def test_barlow_twins_projector_equals_one_call_per_view():
+    """One linear call on all views with per-view batch norms gives the outputs, gradients and running
+    statistics of running the projector on each view separately."""
+    torch.manual_seed(0)
+    joint = BarlowTwinsProjector(6, 16, 5).double()
+    separate = copy.deepcopy(joint)
+    views = [torch.randn(8, 6, dtype=torch.float64) * (1 + i) + i for i in range(2)]
+    ours = joint(views)
+    reference = [separate.mlp(view) for view in views]
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    (ours[0].pow(2).sum() + 3 * ours[1].sum()).backward()
+    (reference[0].pow(2).sum() + 3 * reference[1].sum()).backward()
+    for (name, p), q in zip(joint.named_parameters(), separate.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+    for (name, buf), other in zip(joint.named_buffers(), separate.buffers()):
+        torch.testing.assert_close(buf, other, rtol=0, atol=0, msg=name)
+    # The per-view statistics matter: one batch norm call over both views gives other outputs.
+    pooled = separate.mlp(torch.cat(views))
+    assert not torch.allclose(pooled[:8], ours[0], atol=1e-3)

@@ -144,7 +144,7 @@ class MethodLoss:
     def __init__(self, cfg: dict[str, Any]):
         self.method, self.seed = cfg["method"], cfg["seed"]
         if self.method == "barlow_twins":
-            self.loss = BarlowTwinsLoss(cfg["barlow_twins"]["lam"], batch_mean=all_reduce_mean)
+            self.loss = BarlowTwinsLoss(cfg["barlow_twins"]["lam"], batch_mean=all_reduce_mean, gather=all_gather_cat)
         elif self.method == "wmse":
             wm = cfg["wmse"]
             self.loss = WMSELoss(wm["w_size"], wm["w_iter"], wm["w_eps"], wm["normalize"], gather=all_gather_cat)

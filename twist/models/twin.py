@@ -23,8 +23,8 @@ class TwinModel(nn.Module):
         self.backbone = backbone.module
         self.family = backbone.family
         self.head = head
-        # Barlow Twins runs backbone and projector on each view on its own, so that every batch norm
-        # sees one view's batch; TWIST and W-MSE run them on all views at once.
+        # Barlow Twins runs the backbone on each view on its own and gives the projector the list of
+        # views, so that every batch norm sees one view's batch; TWIST and W-MSE run both on all views at once.
         self.per_view = per_view
 
     def features(self, views: list[torch.Tensor]) -> torch.Tensor:
@@ -38,7 +38,7 @@ class TwinModel(nn.Module):
 
     def forward(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.per_view:
-            return [self.head(self.backbone(view)) for view in views]
+            return self.head([self.backbone(view) for view in views])
         logits = self.head(self.features(views))
         return list(logits.chunk(len(views)))
 

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test bench study install clean
+.PHONY: demo test bench bench-gpu study install clean
 
 install: $(STAMP)
 
@@ -33,6 +33,18 @@ bench: $(STAMP)
 	$(PY) bench/memory.py
 	$(PY) bench/optimizer.py
 	$(PY) bench/evaluation.py
+
+# The GPU figures of docs/performance.md: the ResNet-50 recipes at 224 px in bf16 on one CUDA GPU.
+bench-gpu: $(STAMP)
+	$(PY) bench/step_overhead.py --backbone resnet50 --image-size 224 --batch-size 256 --num-classes 32768 \
+		--precision bf16 --channels-last --device cuda
+	$(PY) bench/step_overhead.py --backbone resnet50 --image-size 224 --batch-size 128 --local-crops 6 --local-size 96 \
+		--precision bf16 --channels-last --device cuda
+	$(PY) bench/data_pipeline.py --device cuda --measure-step --step-batch-size 256
+	$(PY) bench/memory.py --backbone resnet50 --image-size 224 --local-size 96 --num-classes 32768 --precision bf16 \
+		--device cuda
+	$(PY) bench/optimizer.py --backbone resnet50 --num-classes 32768 --device cuda
+	$(PY) bench/evaluation.py --backbone resnet50 --image-size 224 --precision bf16 --device cuda
 
 # TWIST vs Barlow Twins vs W-MSE and TWIST's ablations on digits, 3 seeds each: writes docs/study.md and docs/study.png.
 study: $(STAMP)

@@ -10,12 +10,15 @@ With augment.on_device the workers only decode and draw the parameters (the "pla
 pixels are made in batches on the device (the "device side" rows: images/s of DeviceAugment on
 batches of --batch-size, on --device).
 
-Workers needed = the step's images/s / one worker's images/s. The step rate is measured here for the
-CPU setting (the bench/step_overhead.py model), or given with --step-rate (e.g. a GPU's measured
-figure); the script says which is the bottleneck.
+Workers needed = the step's images/s / one worker's images/s. The step rate is given with
+--step-rate, or measured with --measure-step: the TWIST step of the config's model (backbone, head,
+precision, channels_last, 224 px and the local crops' size) on pre-made views on --device, as
+bench/step_overhead.py times it, for both settings. The script then says how many worker cores each
+pipeline needs, and that with fewer the data pipeline is the bottleneck.
 
     python bench/data_pipeline.py
-    python bench/data_pipeline.py --step-rate 1200 --local-crops 6
+    python bench/data_pipeline.py --step-rate 1200 700
+    python bench/data_pipeline.py --device cuda --measure-step       # a GPU: workers per GPU for ResNet-50
 """
 from __future__ import annotations
 
@@ -23,11 +26,16 @@ import argparse
 import io
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
 import torch
 from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from step_overhead import make_steps, step_rate  # noqa: E402
+from step_overhead import parse_args as step_args  # noqa: E402
 
 from twist.config import load_config
 from twist.data.datasets import sample_seed
@@ -85,6 +93,20 @@ def device_rate(cfg, files: list[bytes], batch_size: int, device: torch.device, 
     return statistics.median(rates[1:])
 
 
+def measured_step_rate(cfg, device_name: str, batch_size: int, rounds: int) -> float:
+    """Images/s of the TWIST step of ``cfg``'s model and views on pre-made tensors (median over rounds)."""
+    model, head, train, augment = cfg["model"], cfg["model"]["head"], cfg["train"], cfg["augment"]
+    argv = ["--backbone", model["backbone"], "--image-size", str(cfg["data"]["image_size"]),
+            "--batch-size", str(batch_size), "--hidden-dim", str(head["hidden_dim"]),
+            "--num-classes", str(head["num_classes"]), "--local-crops", str(augment["local_crops"]),
+            "--local-size", str(augment["local_size"]), "--precision", train["precision"], "--device", device_name]
+    if train["channels_last"]:
+        argv.append("--channels-last")
+    steps, device = make_steps(step_args(argv), which=("twist",))
+    step_rate(steps["twist"], device, 2, batch_size)  # warm-up
+    return statistics.median(step_rate(steps["twist"], device, 3, batch_size) for _ in range(rounds))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/pretrain/resnet50_2view.yaml",
@@ -97,19 +119,28 @@ def main():
     p.add_argument("--step-rate", type=float, nargs=2, metavar=("TWO_VIEW", "MULTI_CROP"),
                    help="the training step's images/s for the two settings (e.g. measured on a GPU); "
                         "default: not given, only the per-core rates are printed")
+    p.add_argument("--measure-step", action="store_true",
+                   help="measure the step rates instead: the config's TWIST step on --device")
+    p.add_argument("--step-batch-size", type=int, default=128, help="per-device batch of --measure-step")
     args = p.parse_args()
+    if args.measure_step and args.step_rate:
+        p.error("give --step-rate or --measure-step, not both")
     torch.set_num_threads(1)  # one worker = one core
     files = imagenet_like_jpegs(args.images)
     two_view = load_config(args.config, ["data.dataset=synthetic"])
     multi_crop = load_config(args.config, ["data.dataset=synthetic", f"augment.local_crops={args.local_crops}"])
-    settings = [("two views, 2 x 224", two_view),
-                (f"multi-crop, 2 x 224 + {args.local_crops} x 96", multi_crop)]
+    size, local_size = two_view["data"]["image_size"], two_view["augment"]["local_size"]
+    settings = [(f"two views, 2 x {size}", two_view),
+                (f"multi-crop, 2 x {size} + {args.local_crops} x {local_size}", multi_crop)]
     rates = [pipeline_rate(cfg, files, args.rounds) for _, cfg in settings]
     planner_rates = [pipeline_rate(cfg, files, args.rounds, planner=True) for _, cfg in settings]
     device = resolve_device(args.device)
     torch.set_num_threads(torch.get_num_threads() if device.type == "cuda" else os.cpu_count() or 1)
     device_rates = [device_rate(cfg, files, args.batch_size, device, args.rounds) for _, cfg in settings]
     device_hardware = describe_hardware(device)
+    if args.measure_step:
+        args.step_rate = [measured_step_rate(cfg, args.device, args.step_batch_size, args.rounds)
+                          for _, cfg in settings]
     torch.set_num_threads(1)
 
     print(f"hardware: {describe_hardware()} (one thread = one worker); {args.images} JPEGs of 500 x 375")
@@ -121,6 +152,9 @@ def main():
           f"{planner_rates[1] / rates[1]:.1f}x more multi-crop images/s with augment.on_device; "
           f"device side on {device_hardware}")
     if args.step_rate:
+        if args.measure_step:
+            print(f"step rates measured on {device_hardware}, batch {args.step_batch_size}: "
+                  + ", ".join(f"{rate:.1f}" for rate in args.step_rate) + " images/s")
         for (name, _), rate, planned, step in zip(settings, rates, planner_rates, args.step_rate):
             print(f"{name}: a step at {step:.0f} images/s needs {int(np.ceil(step / rate))} worker cores "
                   f"({step / rate:.1f}) with the CPU pipeline, {int(np.ceil(step / planned))} ({step / planned:.1f}) "

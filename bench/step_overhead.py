@@ -55,6 +55,16 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def step_rate(step_fn, device, steps: int, batch_size: int) -> float:
+    """Images/s of ``steps`` calls of ``step_fn`` (waiting for the device at both ends)."""
+    sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        step_fn(i)
+    sync(device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
 def make_steps(args, which=("twist", "bare")):
     """The named step functions on pre-made views (``step(i)``), and the device; shared with bench/memory.py."""
     cfg = load_config(None, [f"method={args.method}", f"model.backbone={args.backbone}", "data.dataset=synthetic",
@@ -113,12 +123,7 @@ def main():
     twist_step, bare_step = steps["twist"], steps["bare"]
 
     def timed(step_fn):
-        sync(device)
-        start = time.perf_counter()
-        for i in range(args.steps):
-            step_fn(i)
-        sync(device)
-        return args.steps * args.batch_size / (time.perf_counter() - start)
+        return step_rate(step_fn, device, args.steps, args.batch_size)
 
     timed(twist_step), timed(bare_step)  # warm-up: allocator, kernels, autotuning
     twist_rates, bare_rates = [], []

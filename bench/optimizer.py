@@ -14,15 +14,20 @@ Three steps run on the same parameters with random gradients, rounds alternating
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import torch
 
-from twist.config import load_config
-from twist.engine.optim import build_optimizer, split_decay_groups
-from twist.engine.runtime import describe_hardware, resolve_device
-from twist.models import build_model
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from step_overhead import sync  # noqa: E402
+
+from twist.config import load_config  # noqa: E402
+from twist.engine.optim import build_optimizer, split_decay_groups  # noqa: E402
+from twist.engine.runtime import describe_hardware, resolve_device  # noqa: E402
+from twist.models import build_model  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -38,7 +43,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(None, [f"model.backbone={args.backbone}", "data.dataset=synthetic", f"model.head.hidden_dim={args.hidden_dim}",
+    cfg = load_config(None, [f"model.backbone={args.backbone}", "data.dataset=synthetic",
+                             f"model.head.hidden_dim={args.hidden_dim}",
                              f"model.head.num_classes={args.num_classes}", f"device={args.device}"])
     device = resolve_device(cfg["device"])
     torch.manual_seed(0)
@@ -61,16 +67,12 @@ def main(argv=None):
     contenders = {"LARS (twist.engine.optim)": lars.step, "SGD momentum+wd, foreach": sgd.step,
                   "one pass p += 0*g": one_pass}
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def timed(fn):
-        sync()
+        sync(device)
         start = time.perf_counter()
         for _ in range(args.steps):
             fn()
-        sync()
+        sync(device)
         return (time.perf_counter() - start) / args.steps
 
     for fn in contenders.values():  # warm-up; the first step also creates the momentum buffers

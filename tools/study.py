@@ -195,12 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.command = " ".join(["python -m tools.study", *argv])
     args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    threads = args.threads
     variants = [v for v in VARIANTS if not args.only or v.name in args.only]
     jobs = [(v, s) for v in variants for s in args.seeds]
-    print(f"{len(jobs)} runs of {args.epochs} epochs, {args.jobs} at a time with {threads} threads each", flush=True)
+    print(f"{len(jobs)} runs of {args.epochs} epochs, {args.jobs} at a time with {args.threads} threads each", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {job: pool.submit(run_one, *job, args.epochs, args.work_dir, threads) for job in jobs}
+        futures = {job: pool.submit(run_one, *job, args.epochs, args.work_dir, args.threads) for job in jobs}
         results = {job: future.result() for job, future in futures.items()}
     table = {v.name: [results[(v, s)] for s in args.seeds if (v, s) in results] for v in VARIANTS}
     plot = os.path.splitext(args.output)[0] + ".png"

@@ -143,7 +143,8 @@ class _NewTensorSizes(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         self.calls += 1
         inputs = {id(t) for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        self.sizes += [t.numel() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and id(t) not in inputs]
+        created = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and id(t) not in inputs]
+        self.sizes += [t.numel() for t in created]
         return out
 
 

@@ -61,7 +61,8 @@ def _rank_main(rank, method, port, out_path):
     terms["loss"].backward()
     logged = reduce_for_logging(torch.stack(list(terms.values())))
     if rank == 0:
-        torch.save({"logged": logged, "rank0": torch.stack(list(terms.values())).detach(), "grads": {n: p.grad for n, p in model.module.named_parameters()}}, out_path)
+        grads = {n: p.grad for n, p in model.module.named_parameters()}
+        torch.save({"logged": logged, "rank0": torch.stack(list(terms.values())).detach(), "grads": grads}, out_path)
     dist.destroy_process_group()
 
 

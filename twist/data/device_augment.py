@@ -219,8 +219,8 @@ def crop_and_resize(images: torch.Tensor, plan: torch.Tensor, size: int) -> torc
     top, left, height, width = plan[:, TOP], plan[:, LEFT], plan[:, HEIGHT], plan[:, WIDTH]
     boxes = torch.stack([torch.arange(len(plan), device=plan.device, dtype=plan.dtype),
                          left, top, left + width, top + height], dim=1)
-    out = roi_align(images, boxes.to(images.device, images.dtype, non_blocking=True), output_size=size, spatial_scale=1.0, sampling_ratio=-1,
-                    aligned=True)
+    boxes = boxes.to(images.device, images.dtype, non_blocking=True)
+    out = roi_align(images, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
     return out.clamp(0, 1)
 
 

@@ -7,6 +7,7 @@ import random
 import re
 import sys
 import zipfile
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -65,6 +66,59 @@ def read_torch_file(path: str, trust: bool = False) -> tuple[Any, bool]:
 def load_weights_only(path: str) -> Any:
     """``torch.load(weights_only=True)`` with errors that name the file instead of pickle internals."""
     return read_torch_file(path)[0]
+
+
+def _floating_tensors(value: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """(dotted name, tensor) for every floating tensor with data in nested dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() and value.numel() > 0 and not value.is_meta:
+            yield prefix, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _floating_tensors(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _floating_tensors(item, f"{prefix}.{index}" if prefix else str(index))
+
+
+def _suspects(tensors: list[torch.Tensor]) -> list[bool]:
+    """Whether each tensor may hold NaN/inf: one fused L1-norm pass per device and dtype, one host read.
+
+    A sum propagates NaN and inf where a max may drop NaN, so a finite L1 norm proves the tensor
+    finite; a non-finite one may be an overflow of large finite values, which the caller confirms.
+    """
+    by_device: dict[torch.device, list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        by_device.setdefault(tensor.device, []).append(index)
+    suspect = [False] * len(tensors)
+    for indices in by_device.values():
+        order: list[int] = []
+        finite: list[torch.Tensor] = []
+        for wide in (False, True):  # float16/bfloat16 sum in float32: their own range would overflow
+            accumulate = torch.float64 if wide else torch.float32
+            chosen = [i for i in indices if (tensors[i].dtype == torch.float64) == wide]
+            if chosen:
+                norms = torch._foreach_norm([tensors[i] for i in chosen], 1, dtype=accumulate)
+                finite.append(torch.stack(norms).isfinite())
+                order.extend(chosen)
+        for index, is_finite in zip(order, torch.cat(finite).tolist()):
+            suspect[index] = not is_finite
+    return suspect
+
+
+def nonfinite_tensors(state: Mapping) -> list[str]:
+    """Dotted names of the floating tensors in ``state`` (nested dicts, lists) that hold NaN or inf."""
+    named = list(_floating_tensors(state, ""))
+    suspects = _suspects([tensor for _, tensor in named])
+    return [name for (name, tensor), suspect in zip(named, suspects)
+            if suspect and not bool(torch.isfinite(tensor).all())]
+
+
+def describe_tensors(names: list[str], shown: int = 3) -> str:
+    """'a, b, c and 4 more (7 tensors)': the first few names and the count, for a one-line message."""
+    head = ", ".join(names[:shown])
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{head}{more} ({len(names)} tensor{'s' if len(names) != 1 else ''})"
 
 
 def rng_state() -> dict[str, Any]:

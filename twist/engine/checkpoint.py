@@ -115,10 +115,9 @@ def nonfinite_tensors(state: Mapping) -> list[str]:
 
 
 def describe_tensors(names: list[str], shown: int = 3) -> str:
-    """'a, b, c and 4 more (7 tensors)': the first few names and the count, for a one-line message."""
-    head = ", ".join(names[:shown])
+    """'7 tensors (a, b, c and 4 more)': the count and the first few names, for a one-line message."""
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return f"{head}{more} ({len(names)} tensor{'s' if len(names) != 1 else ''})"
+    return f"{len(names)} tensor{'s' if len(names) != 1 else ''} ({', '.join(names[:shown])}{more})"
 
 
 def rng_state() -> dict[str, Any]:

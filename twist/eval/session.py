@@ -19,7 +19,7 @@ from twist.engine.runtime import autocast_dtype, resolve_device, seed_everything
 from twist.eval.config import EVAL, inherited_from_pretraining, pretraining_config_of
 from twist.eval.features import FeatureExtractor
 from twist.models.backbones import Backbone, build_backbone
-from twist.models.pretrained import BackboneWeights, load_backbone_weights, load_into
+from twist.models.pretrained import BackboneWeights, load_backbone_weights, load_into, refuse_nonfinite
 
 RESULTS = "results.json"
 
@@ -158,4 +158,5 @@ def require_full_checkpoint(session: EvalSession) -> tuple[dict[str, torch.Tenso
         raise CheckpointError(f"{session.protocol} reads the TWIST head, but '{weights.path}' has no '{entry}' "
                               f"entry with a stored config (its backbone came from '{weights.where}'); pass the "
                               f"run's full checkpoint.pth instead of backbone-only weights")
+    refuse_nonfinite(obj[entry], weights.path, entry)
     return obj[entry], obj["config"]

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from twist.engine.checkpoint import CheckpointError, read_torch_file
+from twist.engine.checkpoint import CheckpointError, describe_tensors, nonfinite_tensors, read_torch_file
 
 STRIPPED_PREFIXES = ("module.encoder_q.", "module.backbone.", "module.encoder.", "module.", "backbone.", "encoder.")
 RESNET_KEY = re.compile(r"^(conv1|bn1|layer[1-4])\.")
@@ -172,7 +172,16 @@ def load_backbone_weights(path: str, teacher: bool = False, trust: bool = False)
     if not state:
         raise CheckpointError(f"checkpoint '{path}': the entry '{where}' holds no backbone tensors "
                               f"(dropped: {dropped[:8]})")
+    refuse_nonfinite(state, path, where)
     return BackboneWeights(state, detect_architecture(state, path), path, where, stripped, dropped, trusted, obj)
+
+
+def refuse_nonfinite(state: dict[str, Any], path: str, where: str) -> None:
+    """Raise naming the tensors that hold NaN or inf: a diverged run's weights are never exported or scored."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise CheckpointError(f"checkpoint '{path}' has NaN or inf in {describe_tensors(bad)} of '{where}', so "
+                              f"its weights were not used: take a checkpoint saved before the run diverged")
 
 
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str) -> None:

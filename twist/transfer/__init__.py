@@ -1,0 +1,1 @@
+"""Transfer in miniature: digit scenes and the pretrain -> convert -> trials pipeline on them."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import re
 import sys
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from twist.atomic import atomic_write
+from twist.engine.pickled_objects import python_objects
 
 
 class CheckpointError(RuntimeError):
@@ -24,38 +25,58 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint refused because it holds Python objects that only full unpickling would build."""
+
+    def __init__(self, path: str, objects: list[str], hint: str = ""):
+        self.path, self.objects = path, objects
+        shown = ", ".join(objects[:3]) + (f" and {len(objects) - 3} more" if len(objects) > 3 else "")
+        kind = "a Python object" if len(objects) == 1 else "Python objects"
+        super().__init__(f"checkpoint '{path}' holds {kind} ({shown}) beyond tensors and plain containers, so it "
+                         f"was not loaded: unpickling it could run code from the file" + (f". {hint}" if hint else ""))
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+_TORCH_BOILERPLATE = ("Weights only load failed", "Check the documentation", "Please file an issue", "(1)", "(2)")
 
 
-def read_torch_file(path: str, trust: bool = False) -> tuple[Any, bool]:
+def _torch_reason(err: BaseException) -> str:
+    """The line of torch's (often many-line) load error that says what was wrong."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    reasons = [line.split("WeightsUnpickler error:", 1)[-1].strip() for line in lines
+               if not line.startswith(_TORCH_BOILERPLATE)]
+    return next((reason for reason in reasons if reason), lines[0] if lines else type(err).__name__)
+
+
+def _refuse_unreadable(path: str, err: BaseException, hint: str) -> CheckpointError:
+    """Why a weights-only load failed, read from the file itself (see :mod:`twist.engine.pickled_objects`)."""
+    if isinstance(err, PermissionError):
+        return CheckpointError(f"checkpoint '{path}' cannot be read: permission denied")
+    objects, complete = python_objects(path)
+    if complete and objects:
+        return UnsafeCheckpointError(path, objects, hint)
+    return CheckpointError(f"checkpoint '{path}' is truncated or not a torch checkpoint: {_torch_reason(err)}")
+
+
+def read_torch_file(path: str, trust: bool = False, refusal_hint: str = "") -> tuple[Any, bool]:
     """Load ``path`` weights-only; with ``trust``, fall back to full unpickling, and say so on stderr.
 
-    Returns the object and whether full unpickling was used. A missing, truncated or non-torch file,
-    and (without ``trust``) one that holds Python objects, raise :class:`CheckpointError` naming the file.
+    Returns the object and whether full unpickling was used. A missing, truncated or non-torch file raises
+    :class:`CheckpointError` naming the file; without ``trust``, one that holds Python objects raises
+    :class:`UnsafeCheckpointError` naming them, followed by ``refusal_hint`` (what the caller's user can do).
     """
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint '{path}' is a directory; pass the checkpoint file inside it")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), False
-    except pickle.UnpicklingError as err:
-        unsafe = _UNSAFE_GLOBAL.search(str(err))
-        if unsafe is None:
-            raise CheckpointError(f"checkpoint '{path}' is truncated or not a torch checkpoint: "
-                                  f"{str(err).strip().splitlines()[-1] if str(err).strip() else err!r}") from None
-        if not trust:
-            raise CheckpointError(
-                f"checkpoint '{path}' holds a Python object ({unsafe.group(1)}) beyond tensors and plain "
-                f"containers, so it was not loaded: unpickling it could run code from the file. If you trust "
-                f"where the file comes from (the authors' checkpoints hold an argparse.Namespace), pass "
-                f"--trust-checkpoint") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint '{path}' is truncated or not a torch checkpoint: {_first_line(err)}") from None
-    print(f"warning: loading '{path}' with full unpickling (--trust-checkpoint): it holds Python objects",
+        with warnings.catch_warnings():  # a raw pickle's protocol is no news: the refusal below explains it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True), False
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        refusal = _refuse_unreadable(path, err, refusal_hint)
+    if not (trust and isinstance(refusal, UnsafeCheckpointError)):
+        raise refusal
+    print(f"warning: loading '{path}' with full unpickling: it holds {', '.join(refusal.objects[:3])}",
           file=sys.stderr)
     try:
         return torch.load(path, map_location="cpu", weights_only=False), True
@@ -63,9 +84,9 @@ def read_torch_file(path: str, trust: bool = False) -> tuple[Any, bool]:
         raise CheckpointError(f"checkpoint '{path}' could not be unpickled: {type(err).__name__}: {err}") from None
 
 
-def load_weights_only(path: str) -> Any:
+def load_weights_only(path: str, refusal_hint: str = "") -> Any:
     """``torch.load(weights_only=True)`` with errors that name the file instead of pickle internals."""
-    return read_torch_file(path)[0]
+    return read_torch_file(path, refusal_hint=refusal_hint)[0]
 
 
 def _floating_tensors(value: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:

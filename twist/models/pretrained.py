@@ -56,9 +56,14 @@ class BackboneWeights:
     checkpoint: Any = None            # the whole loaded object, for callers that need more (config, head)
 
 
+TRUST_HINT = ("If you trust where the file comes from (the authors' checkpoints hold an argparse.Namespace), "
+              "pass --trust-checkpoint")
+
+
 def read_checkpoint(path: str, trust: bool = False) -> tuple[Any, bool]:
-    """Load ``path`` weights-only (full unpickling only with ``trust``); see ``read_torch_file``."""
-    return read_torch_file(path, trust)
+    """Load ``path`` weights-only (full unpickling only with ``trust``, ``--trust-checkpoint`` in every command
+    that reads weights this way); see ``read_torch_file``."""
+    return read_torch_file(path, trust, TRUST_HINT)
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -165,10 +165,13 @@ def test_nested_section_given_a_scalar_in_file(tmp_path):
         load_config(path)
 
 
-def test_file_that_is_not_a_mapping(tmp_path):
-    path = _write(tmp_path, "- a\n- b\n")
-    with pytest.raises(ConfigError, match=r"expected a mapping at '<top>'"):
+@pytest.mark.parametrize("text, kind", [("- a\n- b\n", "a list"), ("5\n", "a number"), ("lr 0.5\n", "a text")])
+def test_file_that_is_not_a_mapping(tmp_path, text, kind):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
         load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"config file '{path}' holds {kind}, not a mapping of sections") and "data:" in message
 
 
 def test_leaf_given_a_mapping():
@@ -227,9 +230,22 @@ def test_invalid_yaml_file(tmp_path):
         load_config(path)
 
 
-def test_empty_file_gives_defaults(tmp_path):
-    path = _write(tmp_path, "")
-    assert load_config(path, OK) == load_config(None, OK)
+@pytest.mark.parametrize("text", ["", "\n\n", "# all defaults, please\n", "---\n"])
+def test_empty_file_is_refused(tmp_path, text):
+    """An empty file would silently mean all defaults, which is never what a file passed on purpose means."""
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match=rf"^config file '{re.escape(path)}' is empty: pass a config that sets at "
+                                          rf"least the keys it changes"):
+        load_config(path, OK)
+
+
+def test_a_directory_is_not_a_missing_file(tmp_path):
+    (tmp_path / "digits.yaml").write_text("data: {dataset: synthetic}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(tmp_path), OK)
+    message = str(err.value)
+    assert f"'{tmp_path}' is a directory" in message and "a YAML file" in message and "digits.yaml" in message
+    assert "does not exist" not in message
 
 
 def test_folder_dataset_with_empty_path_is_an_error():

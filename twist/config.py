@@ -357,6 +357,30 @@ class Schema:
             raise ConfigError(f"override '{text}': value is not valid YAML ({err})") from None
         return key, value
 
+    def read_file(self, path: str) -> dict[str, Any]:
+        """The mapping of sections in the YAML file at ``path``, or an error saying what the path holds instead."""
+        names = [name for name, value in self.defaults.items() if isinstance(value, dict)]
+        sections = ", ".join(f"{name}:" for name in ([n for n in ("data", "model", "optim") if n in names] or names)[:3])
+        if os.path.isdir(path):
+            found = sorted(n for n in os.listdir(path) if n.endswith((".yaml", ".yml")))
+            inside = f" (it holds {', '.join(found[:4])}{' ...' if len(found) > 4 else ''})" if found else ""
+            raise ConfigError(f"config file '{path}' is a directory; a YAML file is expected{inside}")
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file '{path}' does not exist")
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = read_yaml(f)
+            except yaml.YAMLError as err:
+                raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        if data is None:
+            raise ConfigError(f"config file '{path}' is empty: pass a config that sets at least the keys it changes "
+                              f"from the defaults, under its sections ({sections} ...)")
+        if not isinstance(data, dict):
+            kind = {list: "a list", str: "a text", int: "a number", float: "a number", bool: "a boolean"}.get(
+                type(data), f"a {type(data).__name__}")
+            raise ConfigError(f"config file '{path}' holds {kind}, not a mapping of sections ({sections} ...)")
+        return data
+
     def load(self, path: str | None = None, overrides: list[str] | tuple[str, ...] = (),
              bases: list[tuple[str, dict[str, Any]]] = ()) -> dict[str, Any]:
         """Defaults, then each ``(source, partial tree)`` of ``bases``, then the YAML file at ``path``,
@@ -365,14 +389,7 @@ class Schema:
         for source, tree in bases:
             self.merge(cfg, tree, source)
         if path is not None:
-            if not os.path.isfile(path):
-                raise ConfigError(f"config file '{path}' does not exist")
-            with open(path, encoding="utf-8") as f:
-                try:
-                    data = read_yaml(f)
-                except yaml.YAMLError as err:
-                    raise ConfigError(f"{path}: not valid YAML ({err})") from None
-            self.merge(cfg, data or {}, path)
+            self.merge(cfg, self.read_file(path), path)
         for text in overrides:
             key, value = self.parse_override(text)
             self.merge(cfg, _nest(key, value), f"override '{text}'")

@@ -15,6 +15,7 @@ import argparse
 import sys
 from collections import Counter
 
+from twist.atomic import OutputError
 from twist.convert import TARGETS, convert, write
 from twist.engine.checkpoint import CheckpointError
 from twist.models.pretrained import STRIPPED_PREFIXES, load_backbone_weights
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         conversion = convert(weights, args.to)
         write(conversion, args.output, args.input)
-    except CheckpointError as err:
+    except (CheckpointError, OutputError) as err:
         print(f"twist-convert: error: {err}", file=sys.stderr)
         return 2
     arch = weights.architecture

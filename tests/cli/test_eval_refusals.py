@@ -1,4 +1,6 @@
 """twist-eval refuses what it must not score, and says so on one line."""
+import os
+
 from tests.engine.test_nonfinite_weights import _diverged_backbone
 from twist.cli.eval import main as eval_main
 
@@ -36,3 +38,38 @@ def test_cluster_refuses_a_head_with_nonfinite_weights(tmp_path, capsys, tiny_ov
     assert code == 2
     err = _one_error_line(capsys)
     assert head in err and "nan_head.pth" in err and not (tmp_path / "cluster" / "results.json").exists()
+
+
+def _plain_backbone(tmp_path):
+    import torch
+
+    from twist.models.backbones import build_backbone
+
+    path = tmp_path / "backbone.pth"
+    torch.save(build_backbone("resnet18", small_input=True).module.state_dict(), path)
+    return str(path)
+
+
+KNN = ["device=cpu", "data.dataset=synthetic", "data.num_samples=16", "data.num_classes=2", "data.image_size=16",
+       "data.num_workers=0", "progress_bar=false", "knn.k=3"]
+
+
+def test_a_full_disk_while_writing_the_results(tmp_path, capsys, monkeypatch):
+    from tests.os_faults import disk_full_when_syncing
+
+    weights = _plain_backbone(tmp_path)
+    disk_full_when_syncing(monkeypatch, "results.json")
+    assert eval_main(["knn", "--checkpoint", weights, "--output-dir", str(tmp_path / "knn"), *KNN]) == 2
+    err = _one_error_line(capsys)
+    assert "no space left on device" in err and str(tmp_path / "knn" / "results.json") in err
+    assert not [name for name in os.listdir(tmp_path / "knn") if name.endswith(".tmp")]
+
+
+def test_a_read_only_output_folder(tmp_path, capsys, monkeypatch):
+    from tests.os_faults import read_only_folder
+
+    weights = _plain_backbone(tmp_path)
+    read_only_folder(monkeypatch, tmp_path / "ro")
+    assert eval_main(["knn", "--checkpoint", weights, "--output-dir", str(tmp_path / "ro" / "knn"), *KNN]) == 2
+    err = _one_error_line(capsys)
+    assert f"'{tmp_path / 'ro'}'" in err and "read-only" in err

@@ -6,6 +6,7 @@ import sys
 
 import torch
 
+from twist.atomic import OutputError
 from twist.config import ConfigError
 from twist.data import CorruptImageError, DatasetError
 from twist.engine.checkpoint import CheckpointError
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         session = open_session(args.protocol, args.output_dir, args.checkpoint, args.teacher,
                                args.trust_checkpoint, args.config, args.overrides)
         results = protocol_runner(args.protocol)(session)
-    except (ConfigError, DatasetError, CorruptImageError, CheckpointError) as err:
+    except (ConfigError, DatasetError, CorruptImageError, CheckpointError, OutputError) as err:
         print(f"twist-eval: error: {err}", file=sys.stderr)
         return 2
     finally:

@@ -8,7 +8,8 @@ import torch
 
 from twist.config import ConfigError, load_config
 from twist.data import CorruptImageError, DatasetError
-from twist.engine.checkpoint import CheckpointError
+from twist.atomic import OutputError, as_output_error
+from twist.engine.checkpoint import CheckpointError, UnsafeCheckpointError
 from twist.engine.trainer import TrainingDiverged, train
 from twist.losses import WhiteningError
 
@@ -32,8 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         result = train(cfg, args.output_dir, max_steps=args.max_steps)
-    except (ConfigError, DatasetError, CorruptImageError, CheckpointError, TrainingDiverged, WhiteningError) as err:
+    except UnsafeCheckpointError as err:  # twist-train resumes only from checkpoints it wrote: tensors and values
+        print(f"twist-train: error: {err}. It is not a checkpoint twist-train wrote, so it should not be in the "
+              f"run folder: move it out of '{args.output_dir}'", file=sys.stderr)
+        return 2
+    except (ConfigError, DatasetError, CorruptImageError, CheckpointError, TrainingDiverged, WhiteningError,
+            OutputError) as err:
         print(f"twist-train: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a write into the run folder that the system refused, wherever it was made
+        if as_output_error(err, args.output_dir) is None:
+            raise
+        print(f"twist-train: error: {as_output_error(err, args.output_dir)}", file=sys.stderr)
         return 2
     finally:
         if torch.distributed.is_initialized():

@@ -5,22 +5,28 @@ import json
 import os
 from typing import Any
 
+from twist.atomic import atomic_write, writing
+
 
 class RunLog:
     """Appends one JSON object per line to ``log.jsonl`` and mirrors numbers to TensorBoard."""
 
     def __init__(self, output_dir: str, tensorboard: bool = True):
         self.path = os.path.join(output_dir, "log.jsonl")
-        self._file = open(self.path, "a", encoding="utf-8")
+        with writing(self.path):
+            self._file = open(self.path, "a", encoding="utf-8")
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=os.path.join(output_dir, "tensorboard"))
+            tensorboard_dir = os.path.join(output_dir, "tensorboard")
+            with writing(tensorboard_dir):
+                self._writer = SummaryWriter(log_dir=tensorboard_dir)
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        with writing(self.path):
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
         if self._writer is not None and "step" in record:
             prefix = record.get("kind", "train")
             for key, value in record.items():
@@ -29,7 +35,8 @@ class RunLog:
             self._writer.flush()
 
     def close(self) -> None:
-        self._file.close()
+        with writing(self.path):  # closing flushes what a failed write left in the buffer
+            self._file.close()
         if self._writer is not None:
             self._writer.close()
 
@@ -61,7 +68,7 @@ def plot_training_curves(log_path: str, out_path: str) -> None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out_path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out_path)
+    try:
+        atomic_write(out_path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)

@@ -158,9 +158,7 @@ def plot_confusion(labels: np.ndarray, preds: np.ndarray, mapping: dict[int, int
 
 
 def _save_figure(fig, path: str) -> None:
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), "." + os.path.basename(path) + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
 def run_cluster(session) -> dict[str, Any]:

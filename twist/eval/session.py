@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from twist.atomic import atomic_write
+from twist.atomic import atomic_write, writing
 from twist.config import ConfigError, save_config
 from twist.data import DatasetError, EvalDataset, build_source
 from twist.data.transforms import build_classification_transforms
@@ -139,7 +139,8 @@ def open_session(protocol: str, output_dir: str, checkpoint: str | None = None, 
     backbone.module.to(device)
 
     if env.is_main:
-        os.makedirs(output_dir, exist_ok=True)
+        with writing(output_dir):
+            os.makedirs(output_dir, exist_ok=True)
         save_config(cfg, os.path.join(output_dir, "config.yaml"))
     return EvalSession(protocol, cfg, output_dir, device, env, amp_dtype, backbone, name, weights, teacher,
                        pretrain_cfg, sources)

@@ -12,6 +12,7 @@ from twist.config import load_config
 from twist.data import (CorruptImageError, DatasetError, DigitsSource, EpochSampler, EvalDataset,
                         ImageFolderSource, SyntheticSource, ViewsDataset, build_eval_transform, build_source,
                         build_train_transform, collate_views)
+from twist.data.datasets import SkippedImage
 from twist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SYNTH = ["data.dataset=synthetic", "data.num_samples=12", "data.num_classes=3", "data.image_size=32",
@@ -114,28 +115,33 @@ def test_views_dataset_raises_on_corrupt_without_skip(tmp_path):
         ds[(0, 0)]
 
 
-def test_views_dataset_skips_corrupt_and_collate_counts_it(tmp_path):
+def test_views_dataset_skips_corrupt_and_collate_names_it(tmp_path):
     ds = _views_dataset_with_one_corrupt(tmp_path, skip=True)
-    assert ds[(0, 0)] is None
+    bad = str(tmp_path / "d" / "a" / "0.png")
+    skipped = ds[(0, 0)]
+    assert isinstance(skipped, SkippedImage) and skipped.location == bad and "cannot read image" in skipped.error
     batch = collate_views([ds[(0, i)] for i in range(4)])
     views, labels, indices, dropped = batch
-    assert dropped == 1
+    assert [s.location for s in dropped] == [bad]
     assert indices.tolist() == [1, 2, 3] and labels.tolist() == [0, 1, 1]
     assert len(views) == 2 and all(v.shape == (3, 3, 8, 8) for v in views)
-    # Through a DataLoader as the trainer uses it.
-    loader = DataLoader(ds, batch_size=4, sampler=EpochSampler(4, 4), collate_fn=collate_views)
-    (_, _, indices, dropped), = list(loader)
-    assert dropped == 1 and sorted(indices.tolist()) == [1, 2, 3]
+    # Through a DataLoader as the trainer uses it, its worker process included.
+    for workers in (0, 1):
+        loader = DataLoader(ds, batch_size=4, sampler=EpochSampler(4, 4), collate_fn=collate_views,
+                            num_workers=workers)
+        (_, _, indices, dropped), = list(loader)
+        assert [s.location for s in dropped] == [bad] and sorted(indices.tolist()) == [1, 2, 3]
 
 
-def test_collate_views_stacks_per_view_and_all_skipped_gives_none():
+def test_collate_views_stacks_per_view_and_lists_the_skipped():
     items = [([torch.full((3, 2, 2), float(i)), torch.full((3, 2, 2), -float(i))], i % 2, 10 + i) for i in range(3)]
-    views, labels, indices, dropped = collate_views([items[0], None, items[1], None, items[2]])
-    assert dropped == 2
+    gone = [SkippedImage("a.png", "cannot read image 'a.png'"), SkippedImage("b.png", "cannot read image 'b.png'")]
+    views, labels, indices, dropped = collate_views([items[0], gone[0], items[1], gone[1], items[2]])
+    assert dropped == gone
     assert torch.equal(views[0][:, 0, 0, 0], torch.tensor([0.0, 1.0, 2.0]))
     assert torch.equal(views[1][:, 0, 0, 0], torch.tensor([0.0, -1.0, -2.0]))
     assert labels.tolist() == [0, 1, 0] and indices.tolist() == [10, 11, 12]
-    assert collate_views([None, None]) is None
+    assert collate_views(gone) == (None, None, None, gone)
 
 
 # ---- build_source -------------------------------------------------------------------------------
@@ -247,7 +253,7 @@ def test_views_same_with_zero_and_two_workers():
     serial, parallel = _epoch_batches(ds, 0, epoch=1), _epoch_batches(ds, 2, epoch=1)
     assert len(serial) == len(parallel) == 3
     for (v0, l0, i0, d0), (v1, l1, i1, d1) in zip(serial, parallel):
-        assert torch.equal(i0, i1) and torch.equal(l0, l1) and d0 == d1 == 0
+        assert torch.equal(i0, i1) and torch.equal(l0, l1) and d0 == d1 == []
         assert all(torch.equal(a, b) for a, b in zip(v0, v1))
     # And each batch item equals the dataset item for (epoch, index) fetched directly.
     views, _, indices, _ = serial[0]

@@ -68,7 +68,8 @@ def test_corrupt_lmdb_record_names_the_record_or_is_skipped(tmp_path):
     cfg = load_config(None, ["data.dataset=synthetic", "data.image_size=8", "augment.pipeline=barlow"])
     dataset = ViewsDataset(source, build_train_transform(cfg), seed=0, skip_corrupt=True)
     views, labels, indices, skipped = collate_views([dataset[(0, i)] for i in range(6)])
-    assert skipped == 2 and indices.tolist() == [0, 1, 2, 3]
+    assert [s.location for s in skipped] == [f"record {i} of LMDB '{path}'" for i in (4, 5)]
+    assert indices.tolist() == [0, 1, 2, 3]
 
 
 def test_lmdb_without_length_entry_is_refused(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -22,7 +23,11 @@ class DatasetError(RuntimeError):
 
 
 class CorruptImageError(RuntimeError):
-    """An image file that exists but cannot be decoded."""
+    """An image file that exists but cannot be decoded; ``location`` is its path (or its LMDB record)."""
+
+    def __init__(self, message: str, location: str = ""):
+        super().__init__(message)
+        self.location = location
 
 
 class ImageFolderSource:
@@ -56,15 +61,15 @@ class ImageFolderSource:
             with Image.open(path) as img:
                 return img.convert("RGB"), label
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-            raise CorruptImageError(f"cannot read image '{path}': {err}") from None
+            raise CorruptImageError(f"cannot read image '{path}': {err}", location=path) from None
 
 
-def decode_image(data: bytes, where: str) -> Image.Image:
+def decode_image(data: bytes, where: str, location: str = "") -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as img:
             return img.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise CorruptImageError(f"cannot read image {where}: {err}") from None
+        raise CorruptImageError(f"cannot read image {where}: {err}", location=location) from None
 
 
 UNLABELLED = -1
@@ -112,8 +117,8 @@ class FileListSource:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as err:
-            raise CorruptImageError(f"cannot read image '{path}': {err}") from None
-        return decode_image(data, f"'{path}'"), label
+            raise CorruptImageError(f"cannot read image '{path}': {err}", location=path) from None
+        return decode_image(data, f"'{path}'", location=path), label
 
 
 LMDB_LENGTH_KEY = b"__len__"
@@ -172,9 +177,9 @@ class LMDBSource:
             record = txn.get(lmdb_record_key(index))
         where = f"record {index} of LMDB '{self.path}'"
         if record is None or len(record) < 8:
-            raise CorruptImageError(f"cannot read image {where}: the record is missing or truncated")
+            raise CorruptImageError(f"cannot read image {where}: the record is missing or truncated", location=where)
         label = int.from_bytes(record[:8], "little", signed=True)
-        return decode_image(record[8:], where), label
+        return decode_image(record[8:], where, location=where), label
 
     def read_labels(self) -> np.ndarray:
         """Every record's label, read from the records' first 8 bytes without decoding the images."""
@@ -309,8 +314,8 @@ class ViewsDataset(torch.utils.data.Dataset):
     The epoch travels with the key rather than living on the dataset so that persistent workers
     see it too. ``later_stages`` lists ``(first_epoch, transform)`` pairs that replace ``transform``
     from that epoch on (the self-labeling crops), so the views stay a pure function of the epoch and
-    a resumed run gets the right ones. A corrupt image raises, or gives ``None`` (dropped and counted
-    by the collate function) when ``skip_corrupt`` is set.
+    a resumed run gets the right ones. A corrupt image raises, or gives a :class:`SkippedImage`
+    (dropped by the collate function, which hands it on) when ``skip_corrupt`` is set.
     """
 
     def __init__(self, source, transform: Callable[[Image.Image], list[torch.Tensor]], seed: int,
@@ -333,9 +338,9 @@ class ViewsDataset(torch.utils.data.Dataset):
         epoch, index = key
         try:
             img, label = self.source.load(index)
-        except CorruptImageError:
+        except CorruptImageError as err:
             if self.skip_corrupt:
-                return None
+                return SkippedImage(err.location or f"item {index} of the dataset", str(err))
             raise
         with torch.random.fork_rng(devices=[]):
             # the CPU generator only: torch.manual_seed also queues a seed for each lazily initialised
@@ -360,13 +365,30 @@ class EvalDataset(torch.utils.data.Dataset):
         return self.transform(img), label, index
 
 
+@dataclass(frozen=True)
+class SkippedImage:
+    """An unreadable image that ``skip_corrupt`` dropped: its path (or LMDB record) and the error."""
+
+    location: str
+    error: str
+
+
+def split_skipped(items: list) -> tuple[list, list[SkippedImage]]:
+    """The readable items of a batch, and the skipped ones, which travel back from the workers with it."""
+    skipped = [item for item in items if isinstance(item, SkippedImage)]
+    return [item for item in items if not isinstance(item, SkippedImage)], skipped
+
+
 def collate_views(items: list):
-    """Stack views per position; drop skipped (``None``) items and report how many were dropped."""
-    kept = [item for item in items if item is not None]
+    """``(views, labels, indices, skipped)``: views stacked per position, skipped images listed.
+
+    When every item was skipped, the views, labels and indices are None.
+    """
+    kept, skipped = split_skipped(items)
     if not kept:
-        return None
+        return None, None, None, skipped
     num_views = len(kept[0][0])
     views = [torch.stack([item[0][v] for item in kept]) for v in range(num_views)]
     labels = torch.tensor([item[1] for item in kept])
     indices = torch.tensor([item[2] for item in kept])
-    return views, labels, indices, len(items) - len(kept)
+    return views, labels, indices, skipped

@@ -25,6 +25,7 @@ from torchvision import transforms as T
 from torchvision.ops import roi_align
 from torchvision.transforms.functional import pil_to_tensor
 
+from twist.data.datasets import split_skipped
 from twist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 # Plan columns, one row per view.
@@ -98,11 +99,12 @@ def collate_planned(items: list):
     """Pad the uint8 images of a batch to a common size and stack the plans.
 
     Images sit top-left; the padding repeats their last row and column, so that sampling at a crop
-    that touches the image's border reads the border, as it would at the edge of the tensor.
+    that touches the image's border reads the border, as it would at the edge of the tensor. Skipped
+    images are listed last, as by ``collate_views``.
     """
-    kept = [item for item in items if item is not None]
+    kept, skipped = split_skipped(items)
     if not kept:
-        return None
+        return None, None, None, skipped
     images = [item[0][0] for item in kept]
     height, width = max(i.shape[1] for i in images), max(i.shape[2] for i in images)
     batch = torch.zeros(len(images), 3, height, width, dtype=torch.uint8)
@@ -114,7 +116,7 @@ def collate_planned(items: list):
     plans = torch.stack([item[0][1] for item in kept])
     labels = torch.tensor([item[1] for item in kept])
     indices = torch.tensor([item[2] for item in kept])
-    return (batch, plans), labels, indices, len(items) - len(kept)
+    return (batch, plans), labels, indices, skipped
 
 
 def _grayscale(x: torch.Tensor) -> torch.Tensor:

@@ -83,6 +83,8 @@ DEFAULTS: dict[str, Any] = {
         "persistent_workers": False,
         "prefetch_factor": 2,
         "skip_corrupt": False,
+        # With skip_corrupt: the run stops once more than this fraction of the dataset's files were unreadable.
+        "max_skipped_fraction": 0.01,
     },
     "augment": {
         "pipeline": "barlow",
@@ -195,6 +197,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.num_classes": (1, None),
     "data.num_workers": (0, None),
     "data.prefetch_factor": (1, None),
+    "data.max_skipped_fraction": (0.0, 1.0),
     "augment.local_crops": (0, None),
     "augment.local_size": (8, None),
     "augment.local_blur": (0.0, 1.0),
@@ -233,6 +236,31 @@ LIST_SHAPES: dict[str, tuple[int, float, float]] = {
     "augment.local_scale": (2, 0.0, 1.0),
     "self_label.global_scale": (2, 0.0, 1.0),
     "self_label.local_scale": (2, 0.0, 1.0),
+}
+
+
+# The keys a resumed run may change; any other difference from the checkpoint's config is refused
+# (twist-train --restart starts over instead). None of these changes the model, the objective, the
+# data or its order: "any" value, or "grow" (only upwards: train.epochs lengthens the run, and the
+# schedules are recomputed over the new length from the resumed step on).
+RESUMABLE: dict[str, str] = {
+    "device": "any",
+    "train.epochs": "grow",
+    "train.log_every": "any",
+    "train.checkpoint_every": "any",
+    "train.progress_bar": "any",
+    "train.channels_last": "any",
+    "train.compile": "any",
+    "data.num_workers": "any",
+    "data.pin_memory": "any",
+    "data.persistent_workers": "any",
+    "data.prefetch_factor": "any",
+    "data.skip_corrupt": "any",
+    "data.max_skipped_fraction": "any",
+    "eval.enabled": "any",
+    "eval.split": "any",
+    "eval.batch_size": "any",
+    "eval.kmeans_baseline": "any",
 }
 
 
@@ -458,6 +486,18 @@ def parse_override(text: str) -> tuple[str, Any]:
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The pretraining config: defaults, then the YAML file at ``path``, then each override, checked."""
     return PRETRAIN.load(path, overrides)
+
+
+def resume_changes(stored: dict[str, Any], cfg: dict[str, Any]) -> tuple[dict[str, list], dict[str, list]]:
+    """The keys whose value differs between a checkpoint's config and ``cfg``, as ``{key: [stored, now]}``:
+    those ``RESUMABLE`` allows, and the others. Keys only one of the two configs knows are not compared."""
+    old, new = _flatten(stored), _flatten(cfg)
+    allowed, refused = {}, {}
+    for key in (k for k in new if k in old and old[k] != new[k]):
+        rule = RESUMABLE.get(key)
+        fits = rule == "any" or (rule == "grow" and new[key] > old[key])
+        (allowed if fits else refused)[key] = [old[key], new[key]]
+    return allowed, refused
 
 
 def save_config(cfg: dict[str, Any], path: str) -> None:

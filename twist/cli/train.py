@@ -10,6 +10,7 @@ from twist.config import ConfigError, load_config
 from twist.data import CorruptImageError, DatasetError
 from twist.atomic import OutputError, as_output_error
 from twist.engine.checkpoint import CheckpointError, UnsafeCheckpointError
+from twist.engine.run_lock import RunFolderLocked
 from twist.engine.trainer import TrainingDiverged, train
 from twist.losses import WhiteningError
 
@@ -17,12 +18,18 @@ from twist.losses import WhiteningError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twist-train",
-        description="Pretrain TWIST. Resumes by itself from OUTPUT_DIR/checkpoint.pth when it exists.",
+        description="Pretrain TWIST. Resumes by itself from OUTPUT_DIR/checkpoint.pth when it exists, under the "
+                    "config it was written with: a change to any key but the few that docs/config.md lists "
+                    "(more epochs, logging, workers, evaluation) is refused. One run at a time holds OUTPUT_DIR "
+                    "(the lock file OUTPUT_DIR/twist-train.lock).",
         epilog="example: twist-train --config configs/demo/digits.yaml --output-dir runs/demo train.epochs=5")
     parser.add_argument("--config", required=True, help="YAML config file (see configs/)")
     parser.add_argument("--output-dir", required=True, help="where checkpoints, logs and metrics go")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop (with a checkpoint) after this many optimiser steps in total")
+    parser.add_argument("--restart", action="store_true",
+                        help="start over in OUTPUT_DIR: its earlier run (checkpoint, logs, config, exports) is moved, "
+                             "not deleted, to OUTPUT_DIR/previous/<date>/")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted config overrides, e.g. optim.lr=0.3 train.epochs=10")
     return parser
@@ -32,13 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        result = train(cfg, args.output_dir, max_steps=args.max_steps)
+        result = train(cfg, args.output_dir, max_steps=args.max_steps, restart=args.restart)
     except UnsafeCheckpointError as err:  # twist-train resumes only from checkpoints it wrote: tensors and values
         print(f"twist-train: error: {err}. It is not a checkpoint twist-train wrote, so it should not be in the "
               f"run folder: move it out of '{args.output_dir}'", file=sys.stderr)
         return 2
     except (ConfigError, DatasetError, CorruptImageError, CheckpointError, TrainingDiverged, WhiteningError,
-            OutputError) as err:
+            RunFolderLocked, OutputError) as err:
         print(f"twist-train: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a write into the run folder that the system refused, wherever it was made

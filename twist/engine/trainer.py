@@ -6,9 +6,11 @@ and wd → EMA teacher update → log → periodic atomic checkpoint; then backb
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -19,12 +21,15 @@ from torch.utils.data import DataLoader
 from twist.atomic import atomic_write
 from twist.config import ConfigError, save_config
 from twist.data import DatasetError, EpochSampler, ViewsDataset, build_source, build_train_transform, collate_views
+from twist.data.datasets import SkippedImage
 from twist.data.device_augment import DeviceAugment, build_view_planner, collate_planned, view_sizes
 from twist.distributed import (DistEnv, all_gather_cat, all_reduce_mean, init_distributed, reduce_for_logging,
                                synchronise_batch_norms, world_size)
-from twist.engine.checkpoint import CheckpointError, atomic_torch_save, load_weights_only, rng_state, set_rng_state
+from twist.engine.checkpoint import atomic_torch_save, describe_tensors, nonfinite_tensors, rng_state
 from twist.engine.logging import RunLog, plot_training_curves
 from twist.engine.optim import apply_schedules, build_optimizer, build_schedules
+from twist.engine.resume import clear_stale_temporaries, describe_changes, move_run_aside, restore_run
+from twist.engine.run_lock import RunFolderLocked, RunLock
 from twist.engine.runtime import autocast_dtype, resolve_device, seed_everything
 from twist.eval.cluster import evaluate_clusters
 from twist.losses import BarlowTwinsLoss, SelfLabelLoss, TwistLoss, WMSELoss
@@ -34,10 +39,15 @@ from twist.models.teacher import EMATeacher
 CHECKPOINT = "checkpoint.pth"
 BACKBONE = "backbone.pth"
 TEACHER_BACKBONE = "teacher_backbone.pth"
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+CURVES = "training_curves.png"
+# The files a run writes whole (atomically, through a temporary beside them).
+OUTPUTS = (CHECKPOINT, BACKBONE, TEACHER_BACKBONE, CONFIG, METRICS, CURVES)
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last checkpoint on disk is the last good state."""
+    """The loss or the weights became NaN or infinite; nothing non-finite was written."""
 
 
 def build_train_loader(cfg: dict[str, Any], device: torch.device,
@@ -88,6 +98,105 @@ def save_checkpoint(path: str, model, teacher, optimizer, scaler, step: int, epo
         state["teacher"] = teacher.model.state_dict()
         state["teacher_backbone"] = teacher.model.backbone.state_dict()
     atomic_torch_save(state, path)
+
+
+def take_run_folder(output_dir: str, env: DistEnv, restart: bool) -> RunLock | None:
+    """Rank 0 locks ``output_dir``, then (with ``restart``) moves the old run aside and clears stale
+    temporaries; the other ranks take no lock and write nothing.
+
+    Every rank learns the outcome, so that none waits in a collective for a rank 0 that gave up.
+    """
+    lock, failure = None, None
+    if env.is_main:
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+            lock = RunLock.acquire(output_dir)
+            if restart:
+                moved = move_run_aside(output_dir)
+                if moved:
+                    print(f"--restart: the previous run in {output_dir} was moved to {moved}")
+            clear_stale_temporaries(output_dir, OUTPUTS)
+        except Exception as err:  # noqa: BLE001 - whatever stops rank 0 here must stop every rank
+            failure = err
+    if env.enabled:
+        outcome = [None if failure is None else str(failure)]
+        torch.distributed.broadcast_object_list(outcome, src=0)
+        if outcome[0] is not None and not env.is_main:
+            raise RunFolderLocked(f"rank 0 could not take the run folder: {outcome[0]}")
+    if failure is not None:
+        if lock is not None:
+            lock.release()
+        raise failure
+    return lock
+
+
+class FiniteCheckpoints:
+    """Checks that what is about to be written holds no NaN or inf (one host read), and names the last
+    checkpoint on disk that is finite, for the message of a run that diverged."""
+
+    def __init__(self, path: str, device: torch.device, collective: bool):
+        self.path, self.device, self.collective = path, device, collective
+        self.step: int | None = None  # of the last finite checkpoint on disk
+
+    def last(self) -> str:
+        if self.step is None:
+            return f"there is no finite checkpoint in {os.path.dirname(self.path) or '.'} yet"
+        return f"the last finite checkpoint is {self.path} (step {self.step})"
+
+    def require(self, states: dict[str, Any], step: int, what: str, collective: bool | None = None) -> None:
+        names = nonfinite_tensors(states)
+        found = len(names)
+        if self.collective if collective is None else collective:  # every rank stops together, or none does
+            found = int(reduce_for_logging(torch.tensor([float(found)], device=self.device)).item() > 0)
+        if found:
+            where = describe_tensors(names) if names else "the tensors of another rank"
+            raise TrainingDiverged(f"NaN or inf in {where} at step {step}: {what} was not written, and "
+                                   f"{self.last()}")
+
+
+class SkippedImages:
+    """The unreadable images ``data.skip_corrupt`` dropped: each file named once, on stderr and (through
+    rank 0) in log.jsonl, and a stop once more than ``data.max_skipped_fraction`` of the dataset's
+    files were found unreadable (each rank counts the files it read itself)."""
+
+    def __init__(self, dataset_size: int, max_fraction: float):
+        self.dataset_size, self.max_fraction = dataset_size, max_fraction
+        self.files: dict[str, str] = {}  # location -> error, in the order found
+        self.total = 0  # skipped items: a file counts again each epoch it is drawn
+        self._unlogged: list[dict[str, Any]] = []
+        self._logged: set[str] = set()
+
+    def add(self, skipped: list[SkippedImage], step: int) -> None:
+        self.total += len(skipped)
+        for image in skipped:
+            if image.location not in self.files:
+                self.files[image.location] = image.error
+                print(f"skipped an unreadable image at step {step} (data.skip_corrupt): {image.error}",
+                      file=sys.stderr)
+                self._unlogged.append({"kind": "skipped", "step": step, "file": image.location,
+                                       "error": image.error})
+
+    def publish(self, log: RunLog | None, gather: bool) -> None:
+        """Write the newly found files to the log; with ``gather`` (a collective), every rank's."""
+        records, self._unlogged = self._unlogged, []
+        if gather:
+            parts: list[Any] = [None] * world_size()
+            torch.distributed.all_gather_object(parts, records)
+            records = [record for part in parts for record in part]
+        for record in records:
+            if log is not None and record["file"] not in self._logged:
+                self._logged.add(record["file"])
+                log.write(record)
+
+    def check(self, step: int, batch: list[SkippedImage], kept: bool) -> None:
+        """Stop past the limit, or when no image of the batch of ``step`` could be read."""
+        if len(self.files) > self.max_fraction * self.dataset_size:
+            raise DatasetError(f"{len(self.files)} of the {self.dataset_size} images are unreadable, more than "
+                               f"data.max_skipped_fraction={self.max_fraction:g} allows (the first: "
+                               f"{', '.join(list(self.files)[:3])}); fix or remove them, or raise the limit")
+        if not kept:  # nothing to train on: the step would only advance the schedules
+            raise DatasetError(f"every image of the batch of step {step} is unreadable (the first: "
+                               f"{', '.join(image.location for image in batch[:3])}); fix or remove those files")
 
 
 def optimizer_step(loss: torch.Tensor, model, optimizer, scaler: torch.amp.GradScaler, clip_grad_norm: float) -> None:
@@ -160,20 +269,37 @@ class MethodLoss:
         return self.loss(outputs, teacher_outputs)
 
 
-def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) -> dict[str, Any]:
+def training_state(model, teacher, optimizer) -> dict[str, Any]:
+    """The tensors a checkpoint carries that training changes: the ones to check for NaN and inf."""
+    return {"model": model.state_dict(), "teacher": teacher.model.state_dict() if teacher is not None else {},
+            "optimizer": optimizer.state_dict()}
+
+
+def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None, restart: bool = False) -> dict[str, Any]:
     """Pretrain (resuming from ``output_dir/checkpoint.pth`` if present) and evaluate.
 
     Runs alone, or as one rank of a ``torchrun``/SLURM job: then every batch norm spans the ranks,
     the loss is that of the global batch, and only rank 0 writes files. ``max_steps`` stops the run
     after that many optimiser steps in total, with a checkpoint, as a job that runs out of time
     would; running again continues from there.
+
+    One run at a time holds ``output_dir`` (its lock, see :mod:`twist.engine.run_lock`). A resumed
+    run keeps the config its checkpoint was written with, but for the keys ``RESUMABLE`` allows;
+    ``restart`` first moves an earlier run to ``output_dir/previous/<date>/`` and starts over.
     """
     device = resolve_device(cfg["device"])
     env = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", env.local_rank)
-    if env.is_main:
-        os.makedirs(output_dir, exist_ok=True)
+    with contextlib.ExitStack() as cleanup:  # on any exit: the log closed, then the lock released
+        lock = take_run_folder(output_dir, env, restart)
+        if lock is not None:
+            cleanup.callback(lock.release)
+        return _run(cfg, output_dir, device, env, max_steps, cleanup)
+
+
+def _run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: DistEnv, max_steps: int | None,
+         cleanup: contextlib.ExitStack) -> dict[str, Any]:
     amp_dtype = autocast_dtype(cfg["train"]["precision"], device)
     seed_everything(cfg["seed"])  # the same initial weights on every rank
 
@@ -195,28 +321,23 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
     self_label_from = (cfg["self_label"]["start_epoch"] * steps_per_epoch if cfg["self_label"]["enabled"]
                        else total_steps)
 
-    step = 0
+    step, changes = 0, None
     checkpoint_path = os.path.join(output_dir, CHECKPOINT)
+    finite = FiniteCheckpoints(checkpoint_path, device, collective=env.enabled)
     if os.path.exists(checkpoint_path):
-        state = load_weights_only(checkpoint_path)
-        model.load_state_dict(state["model"])
-        if teacher is not None:
-            teacher.model.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        if len(state["rng"]) != env.world_size:
-            raise CheckpointError(f"checkpoint '{checkpoint_path}' was written by {len(state['rng'])} ranks; "
-                                  f"resume it with the same number ({env.world_size} now)")
-        set_rng_state(state["rng"][env.rank])
-        step = state["step"]
+        step, changes = restore_run(checkpoint_path, cfg, model, teacher, optimizer, scaler, env.rank, env.world_size)
+        finite.step = step  # restore_run refuses a checkpoint that holds NaN or inf
         if env.is_main:
-            print(f"resumed from {checkpoint_path} at step {step} (epoch {step // steps_per_epoch})")
+            changed = f"; changed: {describe_changes(changes)}" if changes else ""
+            print(f"resumed from {checkpoint_path} at step {step} (epoch {step // steps_per_epoch}){changed}")
     else:
         torch.manual_seed(cfg["seed"] + env.rank)  # each rank its own dropout stream
     # Only rank 0 writes; the others keep no handle on the output directory.
     if env.is_main:
-        save_config(cfg, os.path.join(output_dir, "config.yaml"))
-    log = RunLog(output_dir) if env.is_main else None
+        save_config(cfg, os.path.join(output_dir, CONFIG))
+    log = cleanup.enter_context(contextlib.closing(RunLog(output_dir))) if env.is_main else None
+    if log is not None and changes is not None:
+        log.write({"kind": "resume", "step": step, "checkpoint": checkpoint_path, "changed": changes})
     stop_at = total_steps if max_steps is None else min(max_steps, total_steps)
     checkpoint_every = cfg["train"]["checkpoint_every"]
     bar = _progress(stop_at, step, cfg["train"]["progress_bar"] and env.is_main)
@@ -226,11 +347,15 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
     model.train()
 
     def checkpoint(epoch: int) -> None:
+        finite.require(training_state(raw_model, teacher, optimizer), step, checkpoint_path)
         rng_states = gathered_rng_states()  # collective: every rank takes part
         if env.is_main:
             save_checkpoint(checkpoint_path, raw_model, teacher, optimizer, scaler, step, epoch, cfg, rng_states)
+        finite.step = step
 
-    skipped_total, window_start, window_images = 0, time.perf_counter(), 0
+    skips = SkippedImages(len(loader.dataset), cfg["data"]["max_skipped_fraction"])
+    gather_skips = cfg["data"]["skip_corrupt"] and env.enabled  # rank 0 logs every rank's, at logging steps
+    window_start, window_images = time.perf_counter(), 0
     memory_format = torch.channels_last if cfg["train"]["channels_last"] else torch.contiguous_format
     device_augment = DeviceAugment(view_sizes(cfg)).to(device) if cfg["augment"]["on_device"] else None
 
@@ -239,15 +364,12 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
         sampler.set_epoch(epoch, start_batch)
         for batch in loader:
             apply_schedules(optimizer, schedules, step, cfg["optim"]["bias_lr_ratio"])
-            if batch is None:  # every image of the batch was corrupt and skipped
-                if env.enabled:  # the other ranks are about to enter collectives this rank would skip
-                    raise DatasetError(f"rank {env.rank}: every image of a batch at step {step} is unreadable; "
-                                       f"fix or remove those files")
-                skipped_total += cfg["train"]["batch_size"]
-                step += 1
-                continue
             views, _, indices, skipped = batch
-            skipped_total += skipped
+            if skipped:
+                skips.add(skipped, step + 1)
+                if not env.enabled:
+                    skips.publish(log, gather=False)
+                skips.check(step + 1, skipped, kept=views is not None)
             if device_augment is not None:
                 images, plans = views
                 views = device_augment(images.to(device, non_blocking=True), plans)  # plans stay on the host
@@ -272,15 +394,16 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
                 reduced = reduce_for_logging(torch.stack([terms[k].detach().float() for k in names]))
                 values = dict(zip(names, reduced.tolist()))  # means over ranks: the global figures
                 if not math.isfinite(values["loss"]):
-                    raise TrainingDiverged(f"loss is {values['loss']} at step {step}; "
-                                           f"the last good state is {checkpoint_path}")
+                    raise TrainingDiverged(f"loss is {values['loss']} at step {step}; {finite.last()}")
+                if gather_skips:
+                    skips.publish(log, gather=True)
                 elapsed = time.perf_counter() - window_start
                 stage = "self_label" if step > self_label_from else cfg["method"]
                 record = {"kind": "train", "stage": stage, "step": step, "epoch": epoch, **values,
                           "lr": optimizer.param_groups[0]["lr"],
                           "weight_decay": optimizer.param_groups[0]["weight_decay"],
                           "images_per_s": env.world_size * window_images / max(elapsed, 1e-9),
-                          "skipped_images": skipped_total}
+                          "skipped_images": skips.total}
                 if log is not None:
                     log.write(record)
                 bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.3g}",
@@ -292,24 +415,29 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None) ->
                 break
         if step % steps_per_epoch == 0 or step >= stop_at:
             checkpoint(step // steps_per_epoch)
+            if gather_skips:
+                skips.publish(log, gather=True)
             if log is not None:
-                log.write({"kind": "epoch", "step": step, "epoch": epoch, "skipped_images": skipped_total})
+                log.write({"kind": "epoch", "step": step, "epoch": epoch, "skipped_images": skips.total})
     bar.close()
     result: dict[str, Any] = {"step": step, "finished": step >= total_steps}
     if not env.is_main:
         return result
     model = raw_model
 
-    atomic_torch_save(model.backbone.state_dict(), os.path.join(output_dir, BACKBONE))
+    exports = {BACKBONE: model.backbone.state_dict()}
     if teacher is not None:
-        atomic_torch_save(teacher.model.backbone.state_dict(), os.path.join(output_dir, TEACHER_BACKBONE))
+        exports[TEACHER_BACKBONE] = teacher.model.backbone.state_dict()
+    finite.require(exports, step, " and ".join(exports), collective=False)
+    for name, state in exports.items():
+        atomic_torch_save(state, os.path.join(output_dir, name))
     if step >= total_steps and cfg["eval"]["enabled"]:
         metrics = evaluate_clusters(model, cfg, device, amp_dtype, kmeans=cfg["eval"]["kmeans_baseline"])
-        atomic_write(os.path.join(output_dir, "metrics.json"), lambda f: json.dump(metrics, f, indent=2),
+        atomic_write(os.path.join(output_dir, METRICS), lambda f: json.dump(metrics, f, indent=2),
                      binary=False)
         log.write({"kind": "eval", "step": step, **{k: v for k, v in metrics.items() if k != "baseline"}})
         result["metrics"] = metrics
     log.close()
     if step >= total_steps:
-        plot_training_curves(log.path, os.path.join(output_dir, "training_curves.png"))
+        plot_training_curves(log.path, os.path.join(output_dir, CURVES))
     return result

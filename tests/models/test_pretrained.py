@@ -46,6 +46,8 @@ def _tensor_dict(prefix, n=3):
      "backbone"),
     ({"state_dict": _tensor_dict("module."), "model": _tensor_dict("backbone.")}, False, "state_dict"),
     ({"model": {**_tensor_dict("backbone."), "head.0.weight": torch.zeros(1)}}, False, "model (backbone.*)"),
+    ({"model": {**_tensor_dict("features.backbone."), "classifier.weight": torch.zeros(1)}}, False,
+     "model (features.backbone.*)"),
     (_tensor_dict(""), False, "the file itself (a plain state dict)"),
     ({"backbone": _tensor_dict(""), "teacher_backbone": _tensor_dict(""), "teacher": _tensor_dict("backbone.")},
      True, "teacher_backbone"),

@@ -7,7 +7,8 @@ Reading a checkpoint goes in three steps, each reported so that a user can see w
    (``--trust-checkpoint`` on the command line): unpickling runs code from the file.
 2. **Locate** the backbone's state dict inside it. The search order:
    - with ``teacher``: ``teacher_backbone``, then the ``backbone.*`` keys of ``teacher``;
-   - otherwise: ``backbone``, then ``state_dict``, then the ``backbone.*`` keys of ``model``;
+   - otherwise: ``backbone``, then ``state_dict``, then the ``backbone.*`` keys of ``model`` (or its
+     ``features.backbone.*`` keys: a network fine-tuned by ``twist-eval semisup``);
    - and last, the object itself as a plain state dict.
 3. **Strip** the prefixes of other codebases, repeatedly, longest first: ``module.encoder_q.``
    (MoCo), ``module.backbone.``, ``module.encoder.``, ``module.``, ``backbone.``, ``encoder.``. When a
@@ -92,8 +93,11 @@ def locate_backbone(obj: Any, path: str, teacher: bool = False) -> tuple[dict[st
         if _is_state_dict(obj.get(key)):
             return dict(obj[key]), key
     if _is_state_dict(obj.get("model")):
-        inner = _under(obj["model"], "backbone.") or _under(obj["model"], "module.backbone.")
-        return (inner, "model (backbone.*)") if inner else (dict(obj["model"]), "model")
+        for prefix in ("backbone.", "module.backbone.", "features.backbone."):  # the last: twist-eval's fine-tuned
+            inner = _under(obj["model"], prefix)
+            if inner:
+                return inner, f"model ({prefix}*)"
+        return dict(obj["model"]), "model"
     if _is_state_dict(obj):
         return dict(obj), "the file itself (a plain state dict)"
     raise CheckpointError(f"checkpoint '{path}' has no backbone weights: expected a plain state dict or one of "

@@ -8,13 +8,17 @@ Detectron2's ``DefaultTrainer`` with the evaluator each dataset calls for (Pasca
 (``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``). Datasets are read from
 ``$DETECTRON2_DATASETS`` (detectron2's built-in layout). Before any process starts, the run is
 refused when ``MODEL.WEIGHTS`` is empty (pass ``--scratch`` to train from random weights), when the
-weights are torchvision-style and the config lacks the keys they need, or when a dataset folder is
-missing. Final AP/AP50/AP75 land in ``OUTPUT_DIR/metrics.json`` and ``OUTPUT_DIR/log.txt``.
+weights file names Python objects beyond arrays (detectron2 itself would unpickle it in full), when
+its backbone tensors do not fit the config's ResNet, when the weights are torchvision-style and the
+config lacks the keys they need, or when a dataset folder is missing. What detectron2 loads instead
+(with ``--resume``, the run's last checkpoint; a URL's download) is read the same way first. Final
+AP/AP50/AP75 land in ``OUTPUT_DIR/metrics.json`` and ``OUTPUT_DIR/log.txt``.
 """
 from __future__ import annotations
 
 import os
 import sys
+from urllib.parse import urlparse
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -22,10 +26,15 @@ from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 
-from twist_detection.checks import check_weights_fit_config, dataset_problems
+from twist.engine.checkpoint import CheckpointError
+from twist_detection.checks import check_weights_fit_config, dataset_problems, read_weights
 
 
 class Trainer(DefaultTrainer):
+    def resume_or_load(self, resume=True):
+        check_file_to_load(self.checkpointer, self.cfg.MODEL.WEIGHTS, resume)
+        super().resume_or_load(resume=resume)
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         kind = MetadataCatalog.get(dataset_name).evaluator_type
@@ -37,7 +46,8 @@ class Trainer(DefaultTrainer):
                          f"or coco_* dataset")
 
 
-def _get(cfg, dotted: str):
+def config_value(cfg, dotted: str):
+    """``cfg.A.B.C`` for ``"A.B.C"``, or None where a key is missing."""
     node = cfg
     for part in dotted.split("."):
         node = getattr(node, part, None)
@@ -59,8 +69,8 @@ def build_config(args):
         raise SystemExit(f"train_net: MODEL.WEIGHTS '{weights}' does not exist")
     if weights:
         try:
-            check_weights_fit_config(weights, lambda key: _get(cfg, key), args.config_file)
-        except ValueError as err:
+            check_weights_fit_config(weights, lambda key: config_value(cfg, key), args.config_file)
+        except (ValueError, CheckpointError) as err:
             raise SystemExit(f"train_net: {err}") from None
     root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
     names = list(cfg.DATASETS.TEST) if args.eval_only else list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
@@ -70,13 +80,28 @@ def build_config(args):
     return cfg
 
 
+def check_file_to_load(checkpointer: DetectionCheckpointer, weights: str, resume: bool) -> None:
+    """Read the file ``checkpointer.resume_or_load`` will load without running code from it, where
+    build_config has not: the run's last checkpoint (with ``--resume``) or a URL's download."""
+    path = checkpointer.get_checkpoint_file() if resume and checkpointer.has_checkpoint() else weights
+    if not path or path == weights and os.path.isfile(weights):
+        return
+    local = checkpointer.path_manager.get_local_path(urlparse(path)._replace(query="").geturl())
+    try:
+        read_weights(local)
+    except CheckpointError as err:
+        raise SystemExit(f"train_net: {err}") from None
+
+
 def main(args):
     cfg = build_config(args)
     cfg.freeze()
     default_setup(cfg, args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        check_file_to_load(checkpointer, cfg.MODEL.WEIGHTS, args.resume)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

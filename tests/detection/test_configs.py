@@ -5,11 +5,42 @@ import os
 
 import pytest
 
-from detection.checks import (TORCHVISION_MEAN, TORCHVISION_STD, check_weights_fit_config, config_problems,
-                              dataset_problems, weights_author)
+from detection.checks import (TORCHVISION_MEAN, TORCHVISION_STD, check_backbone_fits, check_weights_fit_config,
+                              config_problems, dataset_problems, resnet_shapes, resnet_values, weights_author)
 from detection.config_files import CONFIG_DIR, ConfigFileError, load_config_file, lookup
 
 RUN_CONFIGS = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml")) if not os.path.basename(p).startswith("Base"))
+R50_CONFIG = os.path.join(CONFIG_DIR, "voc_faster_rcnn_R_50_FPN_24k.yaml")
+R50W2_CONFIG = os.path.join(CONFIG_DIR, "voc_faster_rcnn_R_50w2_FPN_24k.yaml")
+
+
+def converted_names(backbone: str) -> dict:
+    """This project's backbone on the meta device under the names twist-convert gives it for detectron2."""
+    import torch
+
+    from twist.convert.detectron2 import rename_resnet_key
+    from twist.models.backbones import build_backbone
+
+    with torch.device("meta"):
+        state = build_backbone(backbone).module.state_dict()
+    return {rename_resnet_key(k): v for k, v in state.items()}
+
+
+def write_pkl_of_shapes(path, tensors: dict, author: str = "twist") -> str:
+    """A detectron2 .pkl with the given tensors' names and shapes (one byte a value: only shapes are checked)."""
+    import pickle
+
+    import numpy as np
+
+    with open(path, "wb") as f:
+        pickle.dump({"model": {k: np.zeros(tuple(v.shape), np.uint8) for k, v in tensors.items()},
+                     "__author__": author, "matching_heuristics": True}, f)
+    return str(path)
+
+
+def _getter(path):
+    cfg = load_config_file(path)
+    return lambda key: lookup(cfg, key)
 
 
 def test_the_expected_configs_ship():
@@ -67,21 +98,85 @@ def test_a_missing_base_is_named(tmp_path):
 
 
 def test_detectron2_defaults_are_refused_for_torchvision_style_weights(tmp_path):
-    import pickle
-
-    import numpy as np
-
     defaults = {"INPUT.FORMAT": "BGR", "MODEL.PIXEL_MEAN": [103.53, 116.28, 123.675], "MODEL.PIXEL_STD": [1.0, 1.0, 1.0],
                 "MODEL.RESNETS.STRIDE_IN_1X1": True}
     problems = config_problems(defaults.get)
     assert len(problems) == 4 and "INPUT.FORMAT is 'BGR', must be 'RGB'" in problems
-    with open(tmp_path / "w.pkl", "wb") as f:
-        pickle.dump({"model": {"stem.conv1.weight": np.zeros(1)}, "__author__": "twist", "matching_heuristics": True}, f)
+    write_pkl_of_shapes(tmp_path / "w.pkl", converted_names("resnet50"))
     assert weights_author(str(tmp_path / "w.pkl")) == "twist"
     with pytest.raises(ValueError, match="torchvision-style ResNet weights .* MODEL.RESNETS.STRIDE_IN_1X1 is True"):
         check_weights_fit_config(str(tmp_path / "w.pkl"), defaults.get, "my.yaml")
     shipped = load_config_file(RUN_CONFIGS[0])
     check_weights_fit_config(str(tmp_path / "w.pkl"), lambda k: lookup(shipped, k), "shipped")  # no error
+
+
+@pytest.mark.parametrize("config, backbone, other", [(R50_CONFIG, "resnet50", "resnet50w2"),
+                                                     (R50W2_CONFIG, "resnet50w2", "resnet50")], ids=["r50", "r50w2"])
+def test_weights_of_another_width_are_refused_naming_the_first_tensors(config, backbone, other):
+    get = _getter(config)
+    check_backbone_fits("own.pkl", {"model": converted_names(backbone), "__author__": "twist"}, get, "cfg.yaml")
+    with pytest.raises(ValueError) as refused:
+        check_backbone_fits("other.pkl", {"model": converted_names(other), "__author__": "twist"}, get, "cfg.yaml")
+    message = str(refused.value)
+    stems = {"resnet50": "(64, 3, 7, 7)", "resnet50w2": "(128, 3, 7, 7)"}
+    assert message.startswith("'other.pkl' does not fit the backbone of cfg.yaml")
+    assert "265 of its 318 backbone tensors have other shapes" in message and len(message.splitlines()) == 1
+    assert f"stem.conv1.weight {stems[other]} in the file, {stems[backbone]} in the config" in message
+
+
+def test_missing_and_unknown_backbone_tensors_are_refused():
+    get = _getter(R50_CONFIG)
+    r50 = converted_names("resnet50")
+    without_res5 = {k: v for k, v in r50.items() if not k.startswith("res5.")}
+    with pytest.raises(ValueError, match=r"30 that the config's ResNet needs are missing \(res5.0.conv1.weight;"):
+        check_backbone_fits("w.pkl", {"model": without_res5, "__author__": "twist"}, get, "cfg.yaml")
+    deeper = {**r50, "res4.6.conv1.weight": r50["res4.5.conv1.weight"]}  # a ResNet-101's seventh res4 block
+    with pytest.raises(ValueError, match=r"1 are not in the config's ResNet \(res4.6.conv1.weight\)"):
+        check_backbone_fits("w.pkl", {"model": deeper, "__author__": "twist"}, get, "cfg.yaml")
+    full_model = {f"backbone.bottom_up.{k}": v for k, v in r50.items()}  # a detectron2 run's own checkpoint
+    check_backbone_fits("model_final.pth", {"model": full_model, "iteration": 9}, get, "cfg.yaml")
+    vit = {"cls_token": r50["stem.conv1.weight"], "blocks.0.attn.qkv.weight": r50["stem.conv1.weight"]}
+    with pytest.raises(ValueError, match="that the config's ResNet needs are missing"):  # a ViTDet .pkl
+        check_backbone_fits("vit.pkl", {"model": vit, "__author__": "twist"}, get, "cfg.yaml")
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=os.path.basename)
+def test_config_shapes_are_the_tables_twist_convert_validates_against(path):
+    from twist.convert.layouts import expected_shapes
+    from twist.models.pretrained import Architecture
+
+    required, statistics = resnet_shapes(resnet_values(_getter(path)))
+    arch = Architecture("resnet50w2" if "R_50w2" in path else "resnet50", "resnet", False, 0)
+    assert {**required, **statistics} == expected_shapes(arch, "detectron2")
+
+
+def test_a_file_of_another_width_is_refused_from_disk(tmp_path):
+    weights = write_pkl_of_shapes(tmp_path / "r50.pkl", converted_names("resnet50"))
+    with pytest.raises(ValueError, match="265 of its 318 backbone tensors have other shapes"):
+        check_weights_fit_config(weights, _getter(R50W2_CONFIG), "voc_faster_rcnn_R_50w2_FPN_24k.yaml")
+    check_weights_fit_config(weights, _getter(R50_CONFIG), "voc_faster_rcnn_R_50_FPN_24k.yaml")
+
+
+@pytest.mark.parametrize("overrides", [[], ["MODEL.RESNETS.STEM_OUT_CHANNELS", "128", "MODEL.RESNETS.RES2_OUT_CHANNELS",
+                                            "512", "MODEL.RESNETS.WIDTH_PER_GROUP", "128"],
+                                       ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"],
+                                       ["MODEL.RESNETS.DEPTH", "101", "MODEL.RESNETS.NUM_GROUPS", "32",
+                                        "MODEL.RESNETS.WIDTH_PER_GROUP", "8", "MODEL.RESNETS.NORM", "FrozenBN"],
+                                       ["MODEL.RESNETS.NORM", "GN"]], ids=["r50", "r50w2", "r18", "x101", "gn"])
+def test_config_shapes_are_those_of_detectron2s_own_resnet(overrides):
+    pytest.importorskip("detectron2", reason="detectron2 is installed from its own guide, not the package index")
+    from detectron2.config import get_cfg
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+    from twist_detection.train_net import config_value
+
+    cfg = get_cfg()
+    cfg.merge_from_list(["MODEL.RESNETS.OUT_FEATURES", "['res2', 'res3', 'res4', 'res5']", *overrides])
+    state = build_resnet_backbone(cfg, ShapeSpec(channels=3)).state_dict()
+    required, statistics = resnet_shapes(resnet_values(lambda key: config_value(cfg, key)))
+    assert set(required) <= set(state) <= set(required) | set(statistics)
+    assert {k: tuple(v.shape) for k, v in state.items()} == {k: ({**required, **statistics})[k] for k in state}
 
 
 def test_missing_dataset_folders_are_named(tmp_path):

@@ -94,3 +94,35 @@ def test_two_short_trials_are_summarised(setup):
     assert code == 0
     summary = json.loads((setup / "trials" / "summary.json").read_text())
     assert summary["num_succeeded"] == 2 and summary["metrics"]["bbox/AP"]["n"] == 2
+
+
+def test_build_config_refuses_resnet50_weights_under_the_resnet50w2_config(tmp_path):
+    from tests.detection.test_configs import R50W2_CONFIG, converted_names, write_pkl_of_shapes
+    from twist_detection.train_net import build_config, parse_args
+
+    weights = write_pkl_of_shapes(tmp_path / "r50.pkl", converted_names("resnet50"))
+    with pytest.raises(SystemExit) as stop:
+        build_config(parse_args(["--config-file", R50W2_CONFIG, "MODEL.WEIGHTS", weights]))
+    message = str(stop.value)
+    assert message.startswith(f"train_net: '{weights}' does not fit the backbone of {R50W2_CONFIG}")
+    assert "265 of its 318 backbone tensors have other shapes" in message
+    assert "stem.conv1.weight (64, 3, 7, 7) in the file, (128, 3, 7, 7) in the config" in message
+
+
+def test_the_checkpoint_to_resume_from_is_read_weights_only_first(tmp_path):
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from twist_detection.train_net import check_file_to_load
+
+    class RunsShell:
+        def __reduce__(self):
+            return os.system, (f"touch '{tmp_path / 'MARKER'}'",)
+
+    torch.save({"model": {"w": torch.zeros(1)}, "iteration": RunsShell()}, tmp_path / "model_0000009.pth")
+    (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
+    checkpointer = DetectionCheckpointer(torch.nn.Linear(1, 1), save_dir=str(tmp_path))
+    check_file_to_load(checkpointer, "", resume=False)  # nothing to load
+    with pytest.raises(SystemExit, match="model_0000009.pth' holds a Python object"):
+        check_file_to_load(checkpointer, "", resume=True)
+    assert not (tmp_path / "MARKER").exists()

@@ -5,14 +5,22 @@ torchvision names: a key outside ``layerN`` gets ``stem.``; ``layer1..4`` become
 ``bn1/2/3`` become ``conv1/2/3.norm``; ``downsample.0`` becomes ``shortcut`` and ``downsample.1``
 ``shortcut.norm``. ViTs keep timm's names, which detectron2's ViTDet shares. The file is
 ``{"model": {name: numpy array}, "__author__": "twist", "matching_heuristics": True}``.
+
+Such files are plain pickles, so :func:`read_detectron2_pkl` reads them (and the model zoo's) with an
+unpickler that admits only numpy arrays, numbers, strings and containers: a plain ``pickle.load`` of a
+user's ``.pkl`` runs whatever code the file names.
 """
 from __future__ import annotations
 
+import codecs
+import functools
 import pickle
 import re
+from typing import Any
 
 from twist.convert.conversion import Conversion, ConversionError, compare
 from twist.convert.layouts import expected_shapes
+from twist.engine.checkpoint import CheckpointError
 from twist.models.pretrained import BackboneWeights
 
 TORCHVISION_PIXELS = ("MODEL.PIXEL_MEAN [123.675, 116.280, 103.530]", "MODEL.PIXEL_STD [58.395, 57.120, 57.375]",
@@ -37,6 +45,64 @@ def _serialize(state):
         model = {k: v.detach().cpu().numpy() for k, v in state.items()}
         pickle.dump({"model": model, "__author__": "twist", "matching_heuristics": True}, f)
     return write
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """Protocol-2 pickles store bytes as ``_codecs.encode(text, 'latin1')``; no other codec is looked up."""
+    if encoding.lower().replace("-", "").replace("_", "") not in ("latin1", "iso88591"):
+        raise _Refused(f"_codecs.encode with the codec {encoding!r}")
+    return codecs.encode(text, "latin1")
+
+
+@functools.cache
+def _admitted_globals() -> dict[tuple[str, str], Any]:
+    """What pickles of numpy arrays and scalars name (under numpy 1's and 2's module paths), and containers."""
+    import collections
+
+    import numpy as np
+
+    core = np._core if hasattr(np, "_core") else np.core
+    admitted: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                            ("_codecs", "encode"): _latin1_encode,
+                                            ("collections", "OrderedDict"): collections.OrderedDict}
+    admitted.update({(module, t.__name__): t for t in (set, frozenset, bytearray, complex)
+                     for module in ("builtins", "__builtin__")})  # the latter: protocols 0-2
+    for package in ("numpy.core", "numpy._core"):  # numpy 2 reads numpy 1's names and the reverse
+        admitted[(f"{package}.multiarray", "_reconstruct")] = core.multiarray._reconstruct
+        admitted[(f"{package}.multiarray", "scalar")] = core.multiarray.scalar
+        admitted[(f"{package}.numeric", "_frombuffer")] = core.numeric._frombuffer  # protocol 5
+    return admitted
+
+
+class _Refused(Exception):
+    """A global outside :func:`_admitted_globals`: the text names it."""
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _admitted_globals()[(module, name)]
+        except KeyError:
+            raise _Refused(f"{module}.{name}") from None
+
+
+def read_detectron2_pkl(path: str) -> Any:
+    """Unpickle a detectron2 ``.pkl`` admitting only numpy arrays, numbers, strings and containers.
+
+    A file that names any other global (a class, a function such as ``os.system``) is refused before
+    the global is looked up, with a :class:`CheckpointError` naming the file and the global.
+    """
+    try:
+        with open(path, "rb") as f:
+            return _ArraysOnlyUnpickler(f, encoding="latin1").load()
+    except _Refused as refused:
+        raise CheckpointError(f"'{path}' holds {refused} beyond arrays, numbers, strings and containers, so it was "
+                              f"not loaded: unpickling it could run code from the file") from None
+    except OSError as err:
+        raise CheckpointError(f"'{path}' cannot be read: {err.strerror or err}") from None
+    except Exception as err:  # noqa: BLE001 - whatever a damaged pickle raises is reported the same way
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"'{path}' is truncated or not a detectron2 .pkl: {detail}") from None
 
 
 def convert(weights: BackboneWeights) -> Conversion:

@@ -29,7 +29,8 @@ def check_dataset(dataset: dict[str, Any]) -> None:
         path = os.path.join(root, ann_file)
         if not os.path.isfile(path):
             raise DatasetLayoutError(f"{dataset['type']}: the split file '{path}' does not exist")
-        names = [n.strip() for n in open(path, encoding="utf-8") if n.strip()]
+        with open(path, encoding="utf-8") as f:
+            names = [n.strip() for n in f if n.strip()]
         if not names:
             raise DatasetLayoutError(f"{dataset['type']}: the split file '{path}' lists no images")
         img_suffix, seg_suffix = dataset.get("img_suffix", ".jpg"), dataset.get("seg_map_suffix", ".png")

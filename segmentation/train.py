@@ -23,7 +23,6 @@ from mmengine.config import DictAction
 
 from twist.atomic import atomic_write
 from twist.mmseg_compat import ensure_mmseg_importable
-from twist.models.pretrained import load_into
 from twist_segmentation.checks import DatasetLayoutError, check_datasets
 
 FINAL_METRICS = "final_metrics.json"
@@ -64,23 +63,33 @@ def _replace_sync_bn(node) -> None:
 
 
 def check_weights_fit(cfg, path: str) -> None:
-    """The weights must fill the config's backbone exactly: mmengine would load a mismatch with a warning."""
+    """The weights must fill the config's backbone exactly: mmengine would load a mismatch with a warning.
+
+    The file is read weights-only; the backbone is built on the meta device and only names and shapes
+    are compared (loading onto meta tensors would warn once per tensor)."""
     from mmseg.registry import MODELS
 
+    from twist.convert.conversion import ConversionError, compare, shapes_of
     from twist.engine.checkpoint import CheckpointError, load_weights_only
 
-    state = load_weights_only(path)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
     backbone_cfg = dict(cfg.model.backbone)
     backbone_cfg.pop("init_cfg", None)
     backbone_cfg["norm_cfg"] = dict(type="BN", requires_grad=True)  # the names are those of SyncBN too
     with torch.device("meta"):
         backbone = MODELS.build(backbone_cfg)
     try:
-        load_into(backbone, state, path)
+        state = load_weights_only(path)
     except CheckpointError as err:
-        raise SystemExit(f"train: {err}. Convert the checkpoint with `twist-convert --to mmseg` and use a config "
-                         f"whose backbone matches it (style='pytorch' ResNet, or the w2 widths)") from None
+        raise SystemExit(f"train: {err}") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise SystemExit(f"train: weights '{path}' hold a {type(state).__name__}, not a dict of tensors")
+    try:
+        compare(shapes_of(backbone), state, f"the {backbone_cfg['type']} backbone of {cfg.filename}")
+    except ConversionError as err:
+        raise SystemExit(f"train: weights '{path}': {err}. Convert the checkpoint with `twist-convert --to mmseg` "
+                         f"and use a config whose backbone matches it (style='pytorch' ResNet, or the w2 widths)"
+                         ) from None
 
 
 def build_config(args):
@@ -107,6 +116,7 @@ def build_config(args):
         if not os.path.isfile(args.weights):
             raise SystemExit(f"train: weights file '{args.weights}' does not exist")
         cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=os.path.abspath(args.weights))
+        check_weights_fit(cfg, args.weights)
     else:
         cfg.model.backbone.init_cfg = None
     if args.data_root:
@@ -116,8 +126,6 @@ def build_config(args):
         check_datasets(cfg)
     except DatasetLayoutError as err:
         raise SystemExit(f"train: {err}") from None
-    if args.weights:
-        check_weights_fit(cfg, args.weights)
     return cfg
 
 

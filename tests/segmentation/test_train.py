@@ -45,6 +45,7 @@ def _data(env, config):
 def test_two_iterations_and_validation_give_an_miou(env, tmp_path, config):
     proc = _train(config, tmp_path / "run", "--weights", str(env / "r50.pth"), "--data-root", _data(env, config))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "meta parameter" not in proc.stdout + proc.stderr  # the weights check loads nothing onto meta
     final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
     assert final["iteration"] == 2 and set(final["metrics"]) == {"aAcc", "mIoU", "mAcc"}
     assert 0 <= final["metrics"]["mIoU"] <= 100
@@ -79,10 +80,38 @@ def test_refusals_name_what_is_wrong(env, tmp_path):
     assert f"weights file '{tmp_path / 'gone.pth'}' does not exist" in refused("--weights", str(tmp_path / "gone.pth"),
                                                                                *data)
     message = refused("--weights", str(env / "r18.pth"), *data)
-    assert "do not fit the model" in message and "misshapen" in message and "layer1.0.conv3.weight" in message
+    assert f"weights '{env / 'r18.pth'}': the converted weights do not match the ResNet backbone of" in message
+    assert "missing (" in message and "layer1.0.conv3.weight" in message and len(message.splitlines()) == 1
     assert "JPEGImages' does not exist" in refused("--weights", str(env / "r50.pth"), "--data-root", str(env / "data"))
     assert "config 'nowhere.py' does not exist" in str(pytest.raises(SystemExit, build_config, parse_args(
         ["nowhere.py", "--work-dir", str(tmp_path), "--scratch"])).value)
+    wide = os.path.join(CONFIG_DIR, "fpn_r50w2_twist_4xb4-20k_voc12aug-512x512.py")
+    with pytest.raises(SystemExit) as stop:
+        build_config(parse_args([wide, "--work-dir", str(tmp_path), "--weights", str(env / "r50.pth"), *data]))
+    assert "misshapen (" in str(stop.value) and "'conv1.weight: (64, 3, 7, 7), expected (128, 3, 7, 7)'" in str(
+        stop.value)
+
+
+def test_the_weights_check_says_nothing_when_the_weights_fit(env, tmp_path, capfd, caplog):
+    import logging
+    import warnings
+
+    from twist.mmseg_compat import ensure_mmseg_importable
+    from twist_segmentation.train import build_config, check_weights_fit, parse_args
+
+    ensure_mmseg_importable()
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)  # as main() does first; on mmcv-lite its imports warn
+    cfg = build_config(parse_args([VOC, "--work-dir", str(tmp_path), "--scratch", "--data-root", _data(env, VOC)]))
+    capfd.readouterr()
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_weights_fit(cfg, str(env / "r50.pth"))
+    out, err = capfd.readouterr()
+    assert [str(w.message)[:120] for w in caught] == [] and (out, err) == ("", "")
+    assert [r.getMessage()[:120] for r in caplog.records] == []
 
 
 def test_a_label_value_outside_the_classes_names_the_file(env, tmp_path):

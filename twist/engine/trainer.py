@@ -275,6 +275,16 @@ def training_state(model, teacher, optimizer) -> dict[str, Any]:
             "optimizer": optimizer.state_dict()}
 
 
+def export_backbones(output_dir: str, model, teacher, finite: FiniteCheckpoints, step: int) -> None:
+    """Write backbone.pth (and teacher_backbone.pth), after checking them for NaN and inf; rank 0 only."""
+    exports = {BACKBONE: model.backbone.state_dict()}
+    if teacher is not None:
+        exports[TEACHER_BACKBONE] = teacher.model.backbone.state_dict()
+    finite.require(exports, step, " and ".join(exports), collective=False)
+    for name, state in exports.items():
+        atomic_torch_save(state, os.path.join(output_dir, name))
+
+
 def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None, restart: bool = False) -> dict[str, Any]:
     """Pretrain (resuming from ``output_dir/checkpoint.pth`` if present) and evaluate.
 
@@ -425,12 +435,7 @@ def _run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: DistEn
         return result
     model = raw_model
 
-    exports = {BACKBONE: model.backbone.state_dict()}
-    if teacher is not None:
-        exports[TEACHER_BACKBONE] = teacher.model.backbone.state_dict()
-    finite.require(exports, step, " and ".join(exports), collective=False)
-    for name, state in exports.items():
-        atomic_torch_save(state, os.path.join(output_dir, name))
+    export_backbones(output_dir, model, teacher, finite, step)
     if step >= total_steps and cfg["eval"]["enabled"]:
         metrics = evaluate_clusters(model, cfg, device, amp_dtype, kmeans=cfg["eval"]["kmeans_baseline"])
         atomic_write(os.path.join(output_dir, METRICS), lambda f: json.dump(metrics, f, indent=2),

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test bench bench-gpu study install clean
+.PHONY: demo test bench bench-gpu study transfer install clean
 
 install: $(STAMP)
 
@@ -49,6 +49,12 @@ bench-gpu: $(STAMP)
 # TWIST vs Barlow Twins vs W-MSE and TWIST's ablations on digits, 3 seeds each: writes docs/study.md and docs/study.png.
 study: $(STAMP)
 	$(PY) -m tools.study
+
+# Transfer in miniature: pretrain on the train digits, convert, five segmentation (and, with Detectron2,
+# detection) trials per initialisation on digit scenes; writes docs/transfer.md. Rerun to resume.
+transfer: $(STAMP)
+	$(PY) -m twist.transfer.benchmark --config configs/transfer/digit_scenes.yaml --output-dir runs/transfer \
+		--doc docs/transfer.md
 
 clean:
 	rm -rf $(VENV) runs

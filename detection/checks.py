@@ -173,7 +173,7 @@ def check_weights_fit_config(weights: str, get: Callable[[str], Any], config_nam
 
 
 def dataset_problems(dataset_names: list[str], root: str) -> list[str]:
-    """Missing folders and files of detectron2's built-in VOC and COCO datasets under ``root``."""
+    """Missing folders and files of detectron2's built-in VOC and COCO datasets (and the digit scenes) under ``root``."""
     problems = []
     for name in dataset_names:
         if name.startswith("voc_"):
@@ -182,6 +182,14 @@ def dataset_problems(dataset_names: list[str], root: str) -> list[str]:
             needed = [os.path.join(base, "Annotations"), os.path.join(base, "JPEGImages"),
                       os.path.join(base, "ImageSets", "Main", f"{split}.txt")]
         elif name.startswith("coco_2017_"):
+            split = name.rsplit("_", 1)[1]
+            needed = [os.path.join(root, "coco", f"{split}2017"),
+                      os.path.join(root, "coco", "annotations", f"instances_{split}2017.json")]
+        elif name.startswith("digit_scenes_voc_"):  # twist.transfer.digit_scenes
+            base = os.path.join(root, "VOCdevkit", "VOC2012")
+            needed = [os.path.join(base, "Annotations"), os.path.join(base, "JPEGImages"),
+                      os.path.join(base, "ImageSets", "Main", f"{name.rsplit('_', 1)[1]}.txt")]
+        elif name.startswith("digit_scenes_coco_"):
             split = name.rsplit("_", 1)[1]
             needed = [os.path.join(root, "coco", f"{split}2017"),
                       os.path.join(root, "coco", "annotations", f"instances_{split}2017.json")]

@@ -6,7 +6,8 @@
 Detectron2's ``DefaultTrainer`` with the evaluator each dataset calls for (Pascal VOC's for
 ``voc_*``, COCO's for ``coco_*``), multi-GPU and multi-node through detectron2's own launcher
 (``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``). Datasets are read from
-``$DETECTRON2_DATASETS`` (detectron2's built-in layout). Before any process starts, the run is
+``$DETECTRON2_DATASETS`` (detectron2's built-in layout, and the digit scenes of
+``twist_detection.digit_scenes``). Before any process starts, the run is
 refused when ``MODEL.WEIGHTS`` is empty (pass ``--scratch`` to train from random weights), when the
 weights file names Python objects beyond arrays (detectron2 itself would unpickle it in full), when
 its backbone tensors do not fit the config's ResNet, when the weights are torchvision-style and the
@@ -28,6 +29,8 @@ from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 
 from twist.engine.checkpoint import CheckpointError
 from twist_detection.checks import check_weights_fit_config, dataset_problems, read_weights
+from twist_detection.digit_scenes import PREFIX as DIGIT_SCENES
+from twist_detection.digit_scenes import register_digit_scenes
 
 
 class Trainer(DefaultTrainer):
@@ -77,6 +80,8 @@ def build_config(args):
     problems = dataset_problems(names, root)
     if problems:
         raise SystemExit(f"train_net: datasets not found under DETECTRON2_DATASETS={root}: " + "; ".join(problems))
+    if any(name.startswith(DIGIT_SCENES) for name in names):
+        register_digit_scenes(root)
     return cfg
 
 

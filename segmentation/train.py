@@ -8,8 +8,10 @@ The run is refused before it starts when there are no weights (pass ``--scratch`
 random initialisation), when the weights file is missing or does not fit the config's backbone
 (missing, unexpected and misshapen keys are listed), or when a dataset folder, split file, image or
 label file is missing; a label map with values outside the classes stops the run naming the file.
-``--resume`` continues from the work directory's last checkpoint. The final validation's mIoU, aAcc
-and mAcc are written to ``WORK_DIR/final_metrics.json``.
+``--resume`` continues from the work directory's last checkpoint. Before the first iteration the
+backbone is checked to hold exactly the weights' tensors after mmseg's own initialisation (their
+digests go to ``WORK_DIR/initial_backbone.json``). The final validation's mIoU, aAcc and mAcc are
+written to ``WORK_DIR/final_metrics.json``.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from twist.mmseg_compat import ensure_mmseg_importable
 from twist_segmentation.checks import DatasetLayoutError, check_datasets
 
 FINAL_METRICS = "final_metrics.json"
+INITIAL_BACKBONE = "initial_backbone.json"
 
 
 def parse_args(argv=None):
@@ -164,6 +167,46 @@ def resuming_runner():
     return ResumingRunner
 
 
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes: equal digests, equal tensors."""
+    import hashlib
+
+    data = tensor.detach().cpu().contiguous()
+    header = f"{data.dtype}{tuple(data.shape)}".encode()
+    return hashlib.sha256(header + data.numpy().tobytes()).hexdigest()
+
+
+def backbone_start_check(weights: str):
+    """A hook that, before the first iteration of a run that is not resumed, checks that the backbone
+    mmseg built and initialised holds exactly the tensors of ``weights``, and records their digests in
+    ``WORK_DIR/initial_backbone.json``. A conversion or an ``init_cfg`` that loads nothing (mmengine
+    only warns) stops the run here instead of training from random weights under a pretrained name."""
+    from mmengine.hooks import Hook
+    from mmengine.model import is_model_wrapper
+
+    from twist.engine.checkpoint import load_weights_only
+
+    class BackboneStartsFromWeights(Hook):
+        def before_train(self, runner):
+            if runner.iter > 0:  # resumed: the backbone is the run's own checkpoint's
+                return
+            model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+            own = model.backbone.state_dict()
+            expected = load_weights_only(weights)
+            expected = expected.get("state_dict", expected)
+            differ = [k for k, v in expected.items() if k not in own or not torch.equal(own[k].cpu(), v)]
+            if differ:
+                raise SystemExit(f"train: after initialisation, {len(differ)} of the {len(expected)} tensors of "
+                                   f"'{weights}' are not in the backbone (the first: {', '.join(differ[:3])})")
+            if runner.rank == 0:
+                record = {"weights": os.path.abspath(weights), "tensors": len(expected),
+                          "digests": {k: tensor_digest(own[k]) for k in sorted(expected)}}
+                atomic_write(os.path.join(runner.work_dir, INITIAL_BACKBONE),
+                             lambda f: json.dump(record, f, indent=2), binary=False)
+
+    return BackboneStartsFromWeights()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     ensure_mmseg_importable()
@@ -187,6 +230,8 @@ def main(argv=None) -> int:
         torch.distributed.init_process_group("gloo")
     runner = resuming_runner().from_cfg(cfg)
     runner.register_hook(FinalMetrics(), priority="LOWEST")
+    if args.weights:
+        runner.register_hook(backbone_start_check(args.weights), priority="HIGHEST")
     runner.train()
     if runner.rank == 0:
         record = {"iteration": runner.iter, "metrics": FinalMetrics.last, "config": os.path.abspath(args.config),

@@ -52,6 +52,36 @@ def test_two_iterations_and_validation_give_an_miou(env, tmp_path, config):
     from twist.trials import read_mmseg_metrics
 
     assert read_mmseg_metrics(str(tmp_path / "run")) == final["metrics"]
+    _assert_started_from(tmp_path / "run", env / "ckpt.pth")
+
+
+def _assert_started_from(work_dir, pretraining_checkpoint) -> None:
+    """The backbone after mmseg's own initialisation held the pretraining checkpoint's tensors, every one."""
+    from twist.engine.checkpoint import load_weights_only
+    from twist_segmentation.train import tensor_digest
+
+    recorded = json.loads((work_dir / "initial_backbone.json").read_text())
+    original = load_weights_only(str(pretraining_checkpoint))["backbone"]
+    assert recorded["tensors"] == len(original) > 100
+    assert recorded["digests"] == {k: tensor_digest(v) for k, v in sorted(original.items())}
+
+
+def test_a_backbone_that_did_not_receive_the_weights_stops_the_run(env, tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from twist_segmentation.train import backbone_start_check
+
+    weights = env / "r18.pth"
+    net = build_backbone("resnet18").module  # other random weights than the file's
+    runner = SimpleNamespace(iter=0, rank=0, work_dir=str(tmp_path), model=SimpleNamespace(backbone=net))
+    with pytest.raises(SystemExit, match=r"tensors of .*r18.pth' are not in the backbone"):
+        backbone_start_check(str(weights)).before_train(runner)
+    assert not (tmp_path / "initial_backbone.json").exists()
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    backbone_start_check(str(weights)).before_train(runner)
+    assert json.loads((tmp_path / "initial_backbone.json").read_text())["tensors"] == len(net.state_dict())
 
 
 def test_resumes_from_its_own_checkpoint_with_weights_only_loading_elsewhere(env, tmp_path):

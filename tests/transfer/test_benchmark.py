@@ -1,0 +1,80 @@
+"""The whole transfer chain at toy size, through the real command lines: scenes, one pretraining of a
+few steps, its conversion, two segmentation trials from it and two from random weights, and the
+report; the fine-tuned backbone really started from the pretraining checkpoint's tensors."""
+import json
+
+import pytest
+import yaml
+
+from twist.engine.checkpoint import load_weights_only
+from twist.transfer.benchmark import TransferError, load_benchmark, run_benchmark
+
+pytest.importorskip("mmseg", reason="the seg extra (mmsegmentation on mmcv-lite) is not installed")
+
+SEG_SHORT = ["train_cfg.max_iters=2", "train_cfg.val_interval=2", "param_scheduler.0.end=2",
+             "default_hooks.checkpoint.interval=2", "train_dataloader.batch_size=2"]
+DET_SHORT = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
+             "SOLVER.STEPS", "(1,)", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.PRECISE_BN.ENABLED", "False",
+             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+
+
+def _toy(tmp_path) -> str:
+    config = {
+        "scenes": {"train": 6, "val": 3, "seed": 0},
+        "trials": 2,
+        "pretrain_overrides": ["data.train_split=train", "data.image_size=24", "eval.enabled=false", "train.epochs=1",
+                               "optim.warmup_epochs=0"],
+        "supervised_overrides": [],
+        "initialisations": {"twist": {"pretrain": "configs/demo/digits.yaml"}, "random": {}},
+        "segmentation": {"config": "segmentation/configs/miniature/fpn_r18_digit_scenes-112x112.py",
+                         "overrides": SEG_SHORT},
+        "detection": {"config": "detection/configs/miniature/voc_faster_rcnn_R_18_FPN_digit_scenes.yaml",
+                      "overrides": DET_SHORT},
+    }
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_the_whole_chain_at_toy_size(tmp_path):
+    from twist_segmentation.train import tensor_digest
+
+    out = tmp_path / "out"
+    report = run_benchmark(_toy(tmp_path), str(out), doc=str(tmp_path / "transfer.md"), echo=lambda line: None)
+    text = open(report).read()
+    assert text == (tmp_path / "transfer.md").read_text() and (tmp_path / "transfer_segmentation.png").is_file()
+    for name in ("twist", "random"):
+        summary = json.loads((out / "segmentation" / name / "summary.json").read_text())
+        assert summary["num_trials"] == summary["num_succeeded"] == 2
+        miou = summary["metrics"]["mIoU"]
+        assert f"| {name} | {miou['mean']:.1f} ± {miou['std']:.1f} |" in text
+    assert "bare ResNet-18 training at 112 px" in text and "2 trials per initialisation" in text
+    # Each trial's backbone, after mmseg's own initialisation, held the pretraining checkpoint's tensors.
+    backbone = load_weights_only(str(out / "pretrain" / "twist" / "checkpoint.pth"))["backbone"]
+    expected = {k: tensor_digest(v) for k, v in sorted(backbone.items())}
+    for trial in ("trial0_seed0", "trial1_seed1"):
+        recorded = json.loads((out / "segmentation" / "twist" / trial / "initial_backbone.json").read_text())
+        assert recorded["digests"] == expected and len(expected) == 120  # ResNet-18 with its BN buffers
+    assert not (out / "segmentation" / "random" / "trial0_seed0" / "initial_backbone.json").exists()
+    try:
+        import detectron2  # noqa: F401
+    except ImportError:
+        assert "Not run: Detectron2 is not installed." in text
+    else:
+        assert "bbox/AP50" in text
+    # A second call finds every step done and writes the same table.
+    again = run_benchmark(_toy(tmp_path), str(out), echo=lambda line: None)
+    assert open(again).read().split("## Segmentation")[1] == text.split("## Segmentation")[1]
+
+
+def test_a_benchmark_config_with_a_wrong_key_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    config = yaml.safe_load(open(_toy(tmp_path)))
+    config["initialisations"]["twist"] = {"pretrain": "a.yaml", "supervised": "b.yaml"}
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(TransferError, match="initialisations.twist takes one of"):
+        load_benchmark(str(path))
+    config.pop("trials")
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(TransferError, match="expected the keys"):
+        load_benchmark(str(path))

@@ -1,0 +1,352 @@
+"""The transfer benchmark in miniature: from nothing to a table of five-trial means, in one command.
+
+    python -m twist.transfer.benchmark --config configs/transfer/digit_scenes.yaml --output-dir runs/transfer \
+        --doc docs/transfer.md
+
+Each step runs the project's own command line, as a user would, and is skipped when its output is
+already there, so an interrupted run continues where it stopped:
+
+1. digit scenes (:mod:`twist.transfer.digit_scenes`) under ``OUT/data``;
+2. per initialisation, its pretraining (``twist-train``, or ``twist-eval semisup --random-init`` for
+   the supervised one) under ``OUT/pretrain/<name>``;
+3. its conversion (``twist-convert --to mmseg`` / ``--to detectron2``) under ``OUT/weights``;
+4. the trials (``twist-trials run``, ``--scratch`` for the random initialisation) under
+   ``OUT/segmentation/<name>`` and, when Detectron2 is installed, ``OUT/detection/<name>``;
+5. the report: every initialisation's mean ± sample std over its trials, a bar chart with error
+   bars, the command and the machine, written to ``OUT/transfer.md`` (and ``--doc``). An
+   initialisation with a failed trial is reported as failed, never averaged over fewer trials.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import yaml
+
+from twist.atomic import atomic_write
+
+SCENES_DONE = "scenes.json"
+
+
+class TransferError(RuntimeError):
+    """A step of the benchmark that failed, or a benchmark config that is wrong."""
+
+
+@dataclass
+class Initialisation:
+    name: str
+    pretrain: str | None = None      # a twist-train config
+    supervised: str | None = None    # a twist-eval semisup config, run with --random-init
+
+    @property
+    def scratch(self) -> bool:
+        return self.pretrain is None and self.supervised is None
+
+
+@dataclass
+class Benchmark:
+    scenes: dict[str, int]
+    trials: int
+    pretrain_overrides: list[str]
+    supervised_overrides: list[str]
+    initialisations: list[Initialisation]
+    segmentation: dict[str, Any]
+    detection: dict[str, Any]
+    source: str = ""
+
+
+def load_benchmark(path: str) -> Benchmark:
+    """Read a benchmark config (see ``configs/transfer/digit_scenes.yaml``), naming the key that is wrong."""
+    if not os.path.isfile(path):
+        raise TransferError(f"benchmark config '{path}' does not exist")
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f)
+    expected = {"scenes", "trials", "pretrain_overrides", "supervised_overrides", "initialisations", "segmentation",
+                "detection"}
+    if not isinstance(raw, dict) or set(raw) != expected:
+        found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        raise TransferError(f"{path}: expected the keys {sorted(expected)}, found {found}")
+    inits = []
+    for name, spec in raw["initialisations"].items():
+        spec = spec or {}
+        if set(spec) - {"pretrain", "supervised"} or len(spec) > 1:
+            raise TransferError(f"{path}: initialisations.{name} takes one of 'pretrain' or 'supervised' (or "
+                                f"nothing, for random weights), not {sorted(spec)}")
+        inits.append(Initialisation(name, spec.get("pretrain"), spec.get("supervised")))
+    if not isinstance(raw["trials"], int) or raw["trials"] < 2:
+        raise TransferError(f"{path}: trials must be an integer of at least 2 (a spread needs two), not "
+                            f"{raw['trials']!r}")
+    return Benchmark(raw["scenes"], raw["trials"], [str(o) for o in raw["pretrain_overrides"] or []],
+                     [str(o) for o in raw["supervised_overrides"] or []], inits, raw["segmentation"], raw["detection"],
+                     source=path)
+
+
+def detectron2_available() -> bool:
+    try:
+        import detectron2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class Runner:
+    """Runs the steps' commands, each logged to its own file, and stops the benchmark when one fails."""
+
+    output_dir: str
+    echo: Callable[[str], None] = print
+
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def run(self, what: str, cmd: list[str], log_name: str, env: dict[str, str] | None = None) -> None:
+        log_path = os.path.join(self.output_dir, "logs", log_name)
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        self.echo(f"{what}: {' '.join(cmd)}")
+        start = time.perf_counter()
+        with open(log_path, "ab") as log:
+            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}).returncode
+        self.timings[what] = time.perf_counter() - start
+        if code != 0:
+            raise TransferError(f"{what} failed with exit code {code}; see {log_path}")
+        self.echo(f"{what}: done in {self.timings[what]:.0f} s")
+
+
+def make_scenes(bench: Benchmark, data_dir: str, echo: Callable[[str], None]) -> dict[str, Any]:
+    from twist.transfer.digit_scenes import write_digit_scenes
+
+    done = os.path.join(data_dir, SCENES_DONE)
+    if os.path.isfile(done):
+        with open(done, encoding="utf-8") as f:
+            written = json.load(f)
+        if written["spec"] == bench.scenes:
+            return written
+        raise TransferError(f"'{data_dir}' holds scenes made with {written['spec']}, not the config's "
+                            f"{bench.scenes}: use another --output-dir")
+    echo(f"scenes: writing {bench.scenes['train']} train and {bench.scenes['val']} val scenes under {data_dir}")
+    paths = write_digit_scenes(data_dir, bench.scenes["train"], bench.scenes["val"], seed=bench.scenes["seed"])
+    written = {"spec": bench.scenes, **paths}
+    atomic_write(done, lambda f: json.dump(written, f, indent=2), binary=False)
+    return written
+
+
+def pretrain(init: Initialisation, bench: Benchmark, runner: Runner) -> str | None:
+    """The checkpoint that initialisation ``init`` starts from (None for random weights)."""
+    if init.scratch:
+        return None
+    out = os.path.join(runner.output_dir, "pretrain", init.name)
+    checkpoint = os.path.join(out, "checkpoint.pth")
+    if init.pretrain:
+        if not os.path.isfile(os.path.join(out, "backbone.pth")):
+            runner.run(f"pretrain {init.name}", [sys.executable, "-m", "twist.cli.train", "--config", init.pretrain,
+                                                 "--output-dir", out, "train.progress_bar=false",
+                                                 *bench.pretrain_overrides], f"pretrain_{init.name}.log")
+        return checkpoint
+    if not os.path.isfile(os.path.join(out, "results.json")):
+        runner.run(f"pretrain {init.name}", [sys.executable, "-m", "twist.cli.eval", "semisup", "--random-init",
+                                             "--config", init.supervised, "--output-dir", out,
+                                             "progress_bar=false", *bench.supervised_overrides],
+                   f"pretrain_{init.name}.log")
+    return checkpoint
+
+
+def convert(init: Initialisation, checkpoint: str | None, target: str, runner: Runner) -> str | None:
+    if checkpoint is None:
+        return None
+    suffix = ".pkl" if target == "detectron2" else ".pth"
+    out = os.path.join(runner.output_dir, "weights", f"{init.name}_{target}{suffix}")
+    if not os.path.isfile(out):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        runner.run(f"convert {init.name} to {target}", [sys.executable, "-m", "twist_tools.convert", "--to", target,
+                                                        checkpoint, out], f"convert_{init.name}_{target}.log")
+    return out
+
+
+def run_trials(init: Initialisation, weights: str | None, task: str, bench: Benchmark, runner: Runner,
+               scenes: dict[str, Any]) -> str:
+    """The trials of one initialisation on one task; returns their folder (holding summary.json)."""
+    out = os.path.join(runner.output_dir, task, init.name)
+    engine, spec = ("mmseg", bench.segmentation) if task == "segmentation" else ("detectron2", bench.detection)
+    cmd = [sys.executable, "-m", "twist.cli.trials", "run", "--engine", engine, "--config", spec["config"],
+           "--trials", str(bench.trials), "--output-dir", out]
+    cmd += ["--scratch"] if weights is None else ["--weights", weights]
+    overrides = [str(o) for o in spec.get("overrides", [])]
+    env = None
+    if engine == "mmseg":
+        cmd += ["--", "--data-root", scenes["voc"], *overrides]
+    else:  # detection/digit_scenes.py registers the scenes from Detectron2's dataset root
+        import torch
+
+        cmd += (["MODEL.DEVICE", "cpu"] if not torch.cuda.is_available() else []) + overrides
+        env = {"DETECTRON2_DATASETS": os.path.dirname(os.path.dirname(scenes["voc"]))}
+    runner.run(f"{task} {init.name}", cmd, f"{task}_{init.name}.log", env)
+    return out
+
+
+# ---- the report ---------------------------------------------------------------------------------------
+
+SEGMENTATION_COLUMNS = ("mIoU", "mAcc", "aAcc")
+DETECTION_COLUMNS = ("bbox/AP", "bbox/AP50", "bbox/AP75")
+
+
+def read_summary(trials_dir: str) -> dict[str, Any]:
+    """The trials' summary.json; an initialisation with any failed trial is reported as failed."""
+    path = os.path.join(trials_dir, "summary.json")
+    if not os.path.isfile(path):
+        raise TransferError(f"'{path}' does not exist: the trials did not finish")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def row_cells(summary: dict[str, Any], columns: tuple[str, ...]) -> list[str]:
+    if summary["num_succeeded"] != summary["num_trials"]:
+        failed = summary["num_trials"] - summary["num_succeeded"]
+        return [f"failed ({failed} of {summary['num_trials']} trials)"] + [""] * (len(columns) - 1)
+    cells = []
+    for name in columns:
+        m = summary["metrics"].get(name)
+        cells.append("—" if m is None else f"{m['mean']:.1f} ± {m['std']:.1f}")
+    return cells
+
+
+def machine_description() -> str:
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        model = names[0] if names else model
+    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} on {torch.get_num_threads()} threads, "
+            f"Python {platform.python_version()}")
+
+
+def backbone_rate(steps: int = 5, batch: int = 8, size: int = 112) -> float:
+    """Training images per second of a bare torchvision ResNet-18 at the scenes' size: this machine's speed."""
+    import torch
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=11)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+    images, labels = torch.randn(batch, 3, size, size), torch.randint(0, 11, (batch,))
+
+    def step():
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(images), labels).backward()
+        optimizer.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def bar_chart(rows: list[tuple[str, dict[str, Any]]], metric: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name, s in rows if metric in s["metrics"] and s["num_succeeded"] == s["num_trials"]]
+    means = [s["metrics"][metric]["mean"] for name, s in rows if name in names]
+    stds = [s["metrics"][metric]["std"] for name, s in rows if name in names]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.bar(names, means, yerr=stds, capsize=5, color="#4c72b0")
+    ax.set_ylabel(f"{metric} (mean ± sample std)")
+    ax.set_title(f"digit scenes, {metric} per initialisation")
+    for x, (m, s) in enumerate(zip(means, stds)):
+        ax.text(x, m + s + 0.5, f"{m:.1f}", ha="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(bench: Benchmark, results: dict[str, list[tuple[str, dict[str, Any]]]], out_dir: str,
+                 command: str, machine: str, rate: float, minutes: float, doc: str | None) -> str:
+    """``OUT/transfer.md`` (and ``doc``): the table, the chart, the command and the machine."""
+    lines = ["# Transfer in miniature: digit scenes", "",
+             f"Mean ± sample standard deviation over {bench.trials} trials per initialisation "
+             f"({bench.scenes['train']} train and {bench.scenes['val']} val scenes). Written by", "",
+             f"    {command}", "", f"on {machine} (bare ResNet-18 training at 112 px: {rate:.0f} images/s), "
+             f"in {minutes:.0f} minutes.", ""]
+    charts = []
+    for task, columns, metric in (("segmentation", SEGMENTATION_COLUMNS, "mIoU"),
+                                  ("detection", DETECTION_COLUMNS, "bbox/AP50")):
+        rows = results.get(task)
+        if rows is None:
+            lines += [f"## {task.capitalize()}", "", "Not run: Detectron2 is not installed.", ""]
+            continue
+        lines += [f"## {task.capitalize()} ({bench.segmentation['config'] if task == 'segmentation' else bench.detection['config']})",
+                  "", "| initialisation | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+        lines += [f"| {name} | " + " | ".join(row_cells(summary, columns)) + " |" for name, summary in rows]
+        chart = f"transfer_{task}.png"
+        bar_chart(rows, metric, os.path.join(out_dir, chart))
+        charts.append(chart)
+        lines += ["", f"![{metric} per initialisation]({chart})", ""]
+    text = "\n".join(lines) + "\n"
+    report = os.path.join(out_dir, "transfer.md")
+    atomic_write(report, lambda f: f.write(text), binary=False)
+    if doc:
+        import shutil
+
+        doc_dir = os.path.dirname(os.path.abspath(doc))
+        for chart in charts:
+            shutil.copyfile(os.path.join(out_dir, chart), os.path.join(doc_dir, chart))
+        atomic_write(doc, lambda f: f.write(text), binary=False)
+    return report
+
+
+def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Callable[[str], None] = print,
+                  command: str = "") -> str:
+    """Every step of the module doc; returns the report's path."""
+    bench = load_benchmark(config)
+    start = time.perf_counter()
+    runner = Runner(output_dir, echo)
+    os.makedirs(output_dir, exist_ok=True)
+    rate = backbone_rate()
+    echo(f"machine: bare ResNet-18 training at 112 px runs at {rate:.0f} images/s here")
+    scenes = make_scenes(bench, os.path.join(output_dir, "data"), echo)
+    tasks = ["segmentation"] + (["detection"] if detectron2_available() else [])
+    if "detection" not in tasks:
+        echo("detection: skipped, Detectron2 is not installed (see the README's detection section)")
+    results: dict[str, list[tuple[str, dict[str, Any]]]] = {task: [] for task in tasks}
+    for init in bench.initialisations:
+        checkpoint = pretrain(init, bench, runner)
+        for task in tasks:
+            weights = convert(init, checkpoint, "mmseg" if task == "segmentation" else "detectron2", runner)
+            trials_dir = run_trials(init, weights, task, bench, runner, scenes)
+            results[task].append((init.name, read_summary(trials_dir)))
+    minutes = (time.perf_counter() - start) / 60
+    timings = os.path.join(output_dir, "timings.json")
+    atomic_write(timings, lambda f: json.dump(runner.timings, f, indent=2), binary=False)
+    return write_report(bench, results, output_dir, command or f"twist-trials transfer --config {config} "
+                        f"--output-dir {output_dir}", machine_description(), rate, minutes, doc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m twist.transfer.benchmark", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/transfer/digit_scenes.yaml", help="the benchmark config")
+    parser.add_argument("--output-dir", default="runs/transfer", help="every step's outputs; rerun to resume")
+    parser.add_argument("--doc", help="also write the report here (e.g. docs/transfer.md), with its charts beside it")
+    args = parser.parse_args(argv)
+    command = " ".join(["python -m twist.transfer.benchmark", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        report = run_benchmark(args.config, args.output_dir, args.doc, command=command)
+    except TransferError as err:
+        print(f"transfer: error: {err}", file=sys.stderr)
+        return 2
+    print(open(report, encoding="utf-8").read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

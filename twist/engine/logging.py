@@ -9,10 +9,18 @@ from twist.atomic import atomic_write, writing
 
 
 class RunLog:
-    """Appends one JSON object per line to ``log.jsonl`` and mirrors numbers to TensorBoard."""
+    """Appends one JSON object per line to ``log.jsonl`` and mirrors numbers to TensorBoard.
 
-    def __init__(self, output_dir: str, tensorboard: bool = True):
+    ``continue_from`` is the step the run's weights are at (0 for a fresh start, the checkpoint's step
+    on resume): what an earlier process logged beyond it, before it was killed, no longer describes
+    these weights and is dropped, from ``log.jsonl`` (rewritten atomically) and from TensorBoard
+    (``purge_step``), so that every step is logged once.
+    """
+
+    def __init__(self, output_dir: str, tensorboard: bool = True, continue_from: int | None = None):
         self.path = os.path.join(output_dir, "log.jsonl")
+        if continue_from is not None and os.path.isfile(self.path):
+            drop_records_after(self.path, continue_from)
         with writing(self.path):
             self._file = open(self.path, "a", encoding="utf-8")
         self._writer = None
@@ -20,8 +28,9 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             tensorboard_dir = os.path.join(output_dir, "tensorboard")
+            purge = None if continue_from is None else continue_from + 1
             with writing(tensorboard_dir):
-                self._writer = SummaryWriter(log_dir=tensorboard_dir)
+                self._writer = SummaryWriter(log_dir=tensorboard_dir, purge_step=purge)
 
     def write(self, record: dict[str, Any]) -> None:
         with writing(self.path):
@@ -39,6 +48,26 @@ class RunLog:
             self._file.close()
         if self._writer is not None:
             self._writer.close()
+
+
+def drop_records_after(path: str, step: int) -> int:
+    """Rewrite the log without the records of steps after ``step`` (and a last line cut short); returns how
+    many were dropped."""
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a process killed mid-write
+                dropped += 1
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+                dropped += 1
+            else:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        atomic_write(path, lambda f: f.writelines(kept), binary=False)
+    return dropped
 
 
 def read_log(path: str) -> list[dict[str, Any]]:

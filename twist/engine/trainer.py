@@ -345,7 +345,7 @@ def _run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: DistEn
     # Only rank 0 writes; the others keep no handle on the output directory.
     if env.is_main:
         save_config(cfg, os.path.join(output_dir, CONFIG))
-    log = cleanup.enter_context(contextlib.closing(RunLog(output_dir))) if env.is_main else None
+    log = cleanup.enter_context(contextlib.closing(RunLog(output_dir, continue_from=step))) if env.is_main else None
     if log is not None and changes is not None:
         log.write({"kind": "resume", "step": step, "checkpoint": checkpoint_path, "changed": changes})
     stop_at = total_steps if max_steps is None else min(max_steps, total_steps)

@@ -18,7 +18,7 @@ import re
 from typing import Any, Callable
 
 from twist.convert.detectron2 import read_detectron2_pkl
-from twist.engine.checkpoint import CheckpointError, load_weights_only
+from twist.engine.checkpoint import CheckpointError, describe_tensors, load_weights_only, nonfinite_tensors
 
 TORCHVISION_MEAN = (123.675, 116.280, 103.530)
 TORCHVISION_STD = (58.395, 57.120, 57.375)
@@ -155,12 +155,27 @@ def check_backbone_fits(weights: str, data: Any, get: Callable[[str], Any], conf
                      "twist-convert printed for these weights (an R_50w2 config for ResNet-50w2)")
 
 
+def check_finite(weights: str, data: Any) -> None:
+    """Raise naming the arrays of the file's ``model`` that hold NaN or inf: a diverged run's weights."""
+    import numpy as np
+    import torch
+
+    model = data.get("model", data) if isinstance(data, dict) else {}
+    arrays = {k: torch.as_tensor(v) for k, v in model.items()
+              if isinstance(v, torch.Tensor) or (isinstance(v, np.ndarray) and v.dtype.kind == "f")}
+    bad = nonfinite_tensors(arrays)
+    if bad:
+        raise CheckpointError(f"'{weights}' has NaN or inf in {describe_tensors(bad)}: convert a checkpoint saved "
+                              f"before the run diverged")
+
+
 def check_weights_fit_config(weights: str, get: Callable[[str], Any], config_name: str) -> None:
     """Raise if ``weights`` cannot be read without running code from them (:class:`CheckpointError`), do
     not fit the config's backbone, or are torchvision-style and the config lacks the keys they need."""
     if not os.path.isfile(weights):
         return  # a URL: train_net checks the file detectron2 fetched before reading it
     data = read_weights(weights)
+    check_finite(weights, data)
     check_backbone_fits(weights, data, get, config_name)
     author = _author(data)
     if author not in TORCHVISION_STYLE_AUTHORS:

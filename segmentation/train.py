@@ -73,7 +73,7 @@ def check_weights_fit(cfg, path: str) -> None:
     from mmseg.registry import MODELS
 
     from twist.convert.conversion import ConversionError, compare, shapes_of
-    from twist.engine.checkpoint import CheckpointError, load_weights_only
+    from twist.engine.checkpoint import CheckpointError, describe_tensors, load_weights_only, nonfinite_tensors
 
     backbone_cfg = dict(cfg.model.backbone)
     backbone_cfg.pop("init_cfg", None)
@@ -87,6 +87,10 @@ def check_weights_fit(cfg, path: str) -> None:
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise SystemExit(f"train: weights '{path}' hold a {type(state).__name__}, not a dict of tensors")
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise SystemExit(f"train: weights '{path}' have NaN or inf in {describe_tensors(bad)}: convert a checkpoint "
+                         f"saved before the run diverged")
     try:
         compare(shapes_of(backbone), state, f"the {backbone_cfg['type']} backbone of {cfg.filename}")
     except ConversionError as err:

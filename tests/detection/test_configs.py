@@ -197,3 +197,24 @@ def test_every_config_builds_its_model_on_cpu(path):
     cfg.merge_from_list(["MODEL.DEVICE", "cpu"])
     model = build_model(cfg)  # SyncBN in one process without a group is batch norm
     assert sum(p.numel() for p in model.parameters()) > 10_000_000
+
+
+def test_weights_with_nan_are_refused_naming_the_arrays(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from twist.engine.checkpoint import CheckpointError
+
+    model = {k: np.zeros(tuple(v.shape), np.float32) for k, v in converted_names("resnet50").items()}
+    model["res4.0.conv1.weight"][0, 0, 0, 0] = np.nan
+    model["stem.conv1.norm.running_var"][:] = np.inf
+    with open(tmp_path / "diverged.pkl", "wb") as f:
+        pickle.dump({"model": model, "__author__": "twist", "matching_heuristics": True}, f)
+    with pytest.raises(CheckpointError, match=r"NaN or inf in 2 tensors \(.*res4.0.conv1.weight"):
+        check_weights_fit_config(str(tmp_path / "diverged.pkl"), _getter(R50_CONFIG), "cfg.yaml")
+    model["res4.0.conv1.weight"][0, 0, 0, 0] = model["stem.conv1.norm.running_var"][0] = 0.0
+    model["stem.conv1.norm.running_var"][:] = 1.0
+    with open(tmp_path / "finite.pkl", "wb") as f:
+        pickle.dump({"model": model, "__author__": "twist", "matching_heuristics": True}, f)
+    check_weights_fit_config(str(tmp_path / "finite.pkl"), _getter(R50_CONFIG), "cfg.yaml")

@@ -144,6 +144,24 @@ def test_the_weights_check_says_nothing_when_the_weights_fit(env, tmp_path, capf
     assert [r.getMessage()[:120] for r in caplog.records] == []
 
 
+def test_weights_with_nan_are_refused_naming_the_tensors(env, tmp_path):
+    import torch
+
+    from twist.mmseg_compat import ensure_mmseg_importable
+    from twist_segmentation.train import build_config, check_weights_fit, parse_args
+
+    ensure_mmseg_importable()
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    checkpoint = torch.load(env / "r50.pth", weights_only=True)
+    checkpoint["state_dict"]["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    atomic_torch_save(checkpoint, str(tmp_path / "diverged.pth"))
+    cfg = build_config(parse_args([VOC, "--work-dir", str(tmp_path), "--scratch", "--data-root", _data(env, VOC)]))
+    with pytest.raises(SystemExit, match=r"NaN or inf in 1 tensor \(layer2.0.conv1.weight\)"):
+        check_weights_fit(cfg, str(tmp_path / "diverged.pth"))
+
+
 def test_a_label_value_outside_the_classes_names_the_file(env, tmp_path):
     import numpy as np
 

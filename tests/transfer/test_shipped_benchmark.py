@@ -1,0 +1,32 @@
+"""The shipped transfer benchmark config: every file it names exists and loads under its own schema,
+every pretraining reads the train digits only, and the supervised run trains on every train label."""
+import glob
+import os
+
+from twist.config import load_config
+from twist.eval.config import EVAL
+from twist.transfer.benchmark import load_benchmark
+
+SHIPPED = "configs/transfer/digit_scenes.yaml"
+
+
+def test_the_transfer_configs_are_found():
+    assert set(glob.glob("configs/transfer/*.yaml")) == {SHIPPED, "configs/transfer/supervised_digits.yaml"}
+
+
+def test_every_file_the_benchmark_names_loads_and_reads_only_train_digits():
+    bench = load_benchmark(SHIPPED)
+    assert bench.trials == 5 and [i.name for i in bench.initialisations] == [
+        "twist", "barlow_twins", "wmse", "supervised", "random"]
+    assert os.path.isfile(bench.segmentation["config"]) and os.path.isfile(bench.detection["config"])
+    for init in bench.initialisations:
+        if init.pretrain:
+            cfg = load_config(init.pretrain, bench.pretrain_overrides)
+            assert cfg["data"]["dataset"] == "digits" and cfg["data"]["train_split"] == "train"
+            assert cfg["model"]["backbone"] == "resnet18" and not cfg["model"]["small_input"]  # it converts
+        elif init.supervised:
+            cfg = EVAL.load(init.supervised, bench.supervised_overrides)
+            assert cfg["data"]["train_split"] == "train" and cfg["semisup"]["fraction"] == 1.0
+            assert cfg["model"]["backbone"] == "resnet18"
+        else:
+            assert init.name == "random"

@@ -10,6 +10,7 @@ from detection.checks import (TORCHVISION_MEAN, TORCHVISION_STD, check_backbone_
 from detection.config_files import CONFIG_DIR, ConfigFileError, load_config_file, lookup
 
 RUN_CONFIGS = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml")) if not os.path.basename(p).startswith("Base"))
+FPN_CONFIGS = [p for p in RUN_CONFIGS if "_FPN_" in p]  # the C4 ones: tests/detection/test_c4_configs.py
 R50_CONFIG = os.path.join(CONFIG_DIR, "voc_faster_rcnn_R_50_FPN_24k.yaml")
 R50W2_CONFIG = os.path.join(CONFIG_DIR, "voc_faster_rcnn_R_50w2_FPN_24k.yaml")
 
@@ -47,10 +48,13 @@ def test_the_expected_configs_ship():
     names = {os.path.basename(p) for p in RUN_CONFIGS}
     assert names == {"voc_faster_rcnn_R_50_FPN_24k.yaml", "voc_faster_rcnn_R_50w2_FPN_24k.yaml",
                      "coco_mask_rcnn_R_50_FPN_1x.yaml", "coco_mask_rcnn_R_50w2_FPN_1x.yaml",
-                     "coco_mask_rcnn_R_50_FPN_2x.yaml", "coco_mask_rcnn_R_50w2_FPN_2x.yaml"}
+                     "coco_mask_rcnn_R_50_FPN_2x.yaml", "coco_mask_rcnn_R_50w2_FPN_2x.yaml",
+                     "voc_faster_rcnn_R_50_C4_24k.yaml", "voc_faster_rcnn_R_50w2_C4_24k.yaml",
+                     "coco_mask_rcnn_R_50_C4_1x.yaml", "coco_mask_rcnn_R_50w2_C4_1x.yaml",
+                     "coco_mask_rcnn_R_50_C4_2x.yaml", "coco_mask_rcnn_R_50w2_C4_2x.yaml"}
 
 
-@pytest.mark.parametrize("path", RUN_CONFIGS, ids=os.path.basename)
+@pytest.mark.parametrize("path", FPN_CONFIGS, ids=os.path.basename)
 def test_every_config_carries_the_keys_torchvision_style_weights_need(path):
     cfg = load_config_file(path)
     assert config_problems(lambda key: lookup(cfg, key)) == []
@@ -70,7 +74,7 @@ def test_every_config_carries_the_keys_torchvision_style_weights_need(path):
     assert lookup(cfg, "MODEL.RESNETS.WIDTH_PER_GROUP", 64) == (128 if wide else 64)
 
 
-@pytest.mark.parametrize("path", [p for p in RUN_CONFIGS if "voc" in p], ids=os.path.basename)
+@pytest.mark.parametrize("path", [p for p in FPN_CONFIGS if "voc" in p], ids=os.path.basename)
 def test_voc_configs_follow_the_24k_protocol(path):
     cfg = load_config_file(path)
     assert lookup(cfg, "MODEL.MASK_ON") is False and lookup(cfg, "MODEL.ROI_HEADS.NUM_CLASSES") == 20
@@ -81,7 +85,7 @@ def test_voc_configs_follow_the_24k_protocol(path):
     assert lookup(cfg, "INPUT.MIN_SIZE_TRAIN") == tuple(range(480, 801, 32)) and lookup(cfg, "INPUT.MIN_SIZE_TEST") == 800
 
 
-@pytest.mark.parametrize("path", [p for p in RUN_CONFIGS if "coco" in p], ids=os.path.basename)
+@pytest.mark.parametrize("path", [p for p in FPN_CONFIGS if "coco" in p], ids=os.path.basename)
 def test_coco_configs_are_mask_rcnn_with_syncbn_everywhere(path):
     cfg = load_config_file(path)
     assert lookup(cfg, "MODEL.MASK_ON") is True and lookup(cfg, "MODEL.ROI_MASK_HEAD.NORM") == "SyncBN"
@@ -191,6 +195,8 @@ def test_every_config_builds_its_model_on_cpu(path):
     pytest.importorskip("detectron2", reason="detectron2 is installed from its own guide, not the package index")
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
+
+    import twist_detection.roi_heads  # noqa: F401  (registers the C4 configs' Res5ROIHeadsExtraNorm)
 
     cfg = get_cfg()
     cfg.merge_from_file(path)

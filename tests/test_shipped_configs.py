@@ -55,3 +55,28 @@ def test_shipped_config_trains_one_step(path, tmp_path):
     cfg = load_config(path, overrides)
     result = train(cfg, str(tmp_path / "run"), max_steps=1)
     assert result["step"] == 1
+
+
+# The authors' launch of each multi-GPU TWIST recipe (spec §10): GPUs, and how many consecutive GPUs
+# share the NBS statistics (--bunch-size over the per-GPU batch).
+AUTHORS_NBS_BUNCHES = {
+    "configs/pretrain/resnet50_2view.yaml": (8, 1),
+    "configs/pretrain/resnet50_multicrop_selflabel.yaml": (16, 2),
+    "configs/pretrain/resnet50w2_multicrop_selflabel.yaml": (32, 4),
+    "configs/pretrain/deit_small_teacher.yaml": (16, 4),
+    "configs/pretrain/vit_base_teacher.yaml": (32, 8),
+}
+
+
+@pytest.mark.parametrize("path", sorted(AUTHORS_NBS_BUNCHES))
+def test_twist_recipes_normalise_nbs_over_the_authors_bunches(path):
+    from twist.engine.trainer import nbs_ranks_per_bunch
+
+    world, ranks_per_bunch = AUTHORS_NBS_BUNCHES[path]
+    assert nbs_ranks_per_bunch(load_config(path), world) == ranks_per_bunch
+
+
+@pytest.mark.parametrize("path", ["configs/pretrain/barlow_twins_resnet50.yaml", "configs/demo/digits_barlow_twins.yaml"])
+def test_barlow_twins_recipes_use_barlow_twins_lars_rule(path):
+    cfg = load_config(path)
+    assert (cfg["optim"]["name"], cfg["optim"]["lars_rule"]) == ("lars", "barlow_twins")

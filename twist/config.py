@@ -117,6 +117,9 @@ DEFAULTS: dict[str, Any] = {
         "exclude_bias_and_norm": True,
         "momentum": 0.9,
         "lars_eta": 0.001,
+        # twist: the reference's LARS (ratio eta|p| / (|g| + wd|p|), lr inside the momentum);
+        # barlow_twins: Barlow Twins' (ratio eta|p| / |g + wd p|, lr applied after the momentum).
+        "lars_rule": "twist",
         "clip_grad_norm": 0.0,
     },
     "train": {
@@ -170,6 +173,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("folder", "filelist", "lmdb", "digits", "synthetic"),
     "augment.pipeline": ("barlow", "small_gray"),
     "optim.name": ("lars", "sgd", "adam", "adamw"),
+    "optim.lars_rule": ("twist", "barlow_twins"),
     "train.precision": ("fp32", "bf16", "fp16"),
 }
 

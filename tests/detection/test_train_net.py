@@ -126,3 +126,32 @@ def test_the_checkpoint_to_resume_from_is_read_weights_only_first(tmp_path):
     with pytest.raises(SystemExit, match="model_0000009.pth' holds a Python object"):
         check_file_to_load(checkpointer, "", resume=True)
     assert not (tmp_path / "MARKER").exists()
+
+
+# R50-C4 runs res5 on every region: few proposals keep two iterations and the evaluation quick on a CPU.
+C4_SHORT = ["MODEL.RPN.POST_NMS_TOPK_TRAIN", "64", "MODEL.RPN.POST_NMS_TOPK_TEST", "16",
+            "MODEL.RPN.PRE_NMS_TOPK_TEST", "200", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32"]
+
+
+@pytest.mark.parametrize("config, tasks", [("voc_faster_rcnn_R_50_C4_24k.yaml", ("bbox",)),
+                                           ("coco_mask_rcnn_R_50_C4_1x.yaml", ("bbox", "segm"))], ids=["voc", "coco"])
+def test_c4_configs_train_two_iterations_and_evaluate_with_every_backbone_weight_loaded(setup, config, tasks):
+    out = setup / config.split("_", 1)[0] / "c4"
+    short = SHORT if "voc" in config else [v for v in SHORT if v not in ("DATASETS.TRAIN", "('voc_2007_trainval',)")]
+    proc = subprocess.run([sys.executable, "-m", "twist_detection.train_net", "--config-file",
+                           f"detection/configs/{config}", "MODEL.WEIGHTS", str(setup / "r50.pkl"), "OUTPUT_DIR",
+                           str(out), "SEED", "0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", *short, *C4_SHORT],
+                          capture_output=True, text=True, env=_env(setup), timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (out / "log.txt").read_text()
+    # stem to res4 in the backbone, res5 in the ROI head: 53 conv+norm layers under no common submodule
+    assert "Following weights matched with submodule model - Total num: 53" in log
+    missing = log.split("Some model parameters or buffers are not found in the checkpoint:")[-1].split("\n[")[0]
+    new_layers = ("proposal_generator.", "roi_heads.box_predictor.", "roi_heads.mask_head.", "roi_heads.res5.norm.")
+    assert [line for line in missing.strip().splitlines() if not line.startswith(new_layers)] == []
+    assert "roi_heads.res5.norm.{bias, running_mean, running_var, weight}" in missing  # the extra norm starts fresh
+    assert "The checkpoint state_dict contains keys that are not used by the model" not in log
+    from twist.trials import read_detectron2_metrics
+
+    metrics = read_detectron2_metrics(str(out))
+    assert all(0 <= metrics[f"{task}/{m}"] <= 100 for task in tasks for m in ("AP", "AP50", "AP75"))

@@ -159,6 +159,33 @@ DEFAULTS: dict[str, Any] = {
         "momentum_start": 0.996,
         "momentum_end": 1.0,
     },
+    # Health monitors while pretraining runs (twist/engine/monitors.py); neither changes the training.
+    "monitor": {
+        # Every this many epochs, twist-eval knn's classifier on the current backbone; 0 turns it off.
+        "knn_every": 0,
+        # Labelled splits of data.* (the train split is the kNN's memory, the val split its queries).
+        "train_split": "train",
+        "val_split": "val",
+        # Evenly spaced images of each split (0: all), which bounds the monitor's cost on large datasets.
+        "max_train_images": 20000,
+        "max_val_images": 5000,
+        "k": 20,
+        "temperature": 0.07,
+        "batch_size": 256,
+        # A linear classifier trained online on the detached pooled features of the first global view.
+        "probe": False,
+        "probe_lr": 0.1,
+        "probe_momentum": 0.9,
+        "probe_weight_decay": 0.0,
+    },
+    # Where a run reports besides log.jsonl and TensorBoard.
+    "logging": {
+        "wandb": False,
+        "wandb_project": "twist",
+        "wandb_entity": "",
+        # offline: the run is written under the run folder's wandb/ and needs no network (wandb sync uploads it).
+        "wandb_mode": "online",
+    },
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -175,6 +202,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("lars", "sgd", "adam", "adamw"),
     "optim.lars_rule": ("twist", "barlow_twins"),
     "train.precision": ("fp32", "bf16", "fp16"),
+    "logging.wandb_mode": ("online", "offline"),
 }
 
 # (low, high): inclusive bounds; None means unbounded on that side.
@@ -230,6 +258,15 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.log_every": (1, None),
     "train.checkpoint_every": (0, None),
     "eval.batch_size": (1, None),
+    "monitor.knn_every": (0, None),
+    "monitor.max_train_images": (0, None),
+    "monitor.max_val_images": (0, None),
+    "monitor.k": (1, None),
+    "monitor.temperature": (1e-6, None),
+    "monitor.batch_size": (1, None),
+    "monitor.probe_lr": (0.0, None),
+    "monitor.probe_momentum": (0.0, 1.0),
+    "monitor.probe_weight_decay": (0.0, None),
 }
 
 # Lists of probabilities with a fixed length: (length, low, high).
@@ -265,6 +302,23 @@ RESUMABLE: dict[str, str] = {
     "eval.split": "any",
     "eval.batch_size": "any",
     "eval.kmeans_baseline": "any",
+    # The monitors read the model and never write to it; a resumed run starts the probe afresh.
+    "monitor.knn_every": "any",
+    "monitor.train_split": "any",
+    "monitor.val_split": "any",
+    "monitor.max_train_images": "any",
+    "monitor.max_val_images": "any",
+    "monitor.k": "any",
+    "monitor.temperature": "any",
+    "monitor.batch_size": "any",
+    "monitor.probe": "any",
+    "monitor.probe_lr": "any",
+    "monitor.probe_momentum": "any",
+    "monitor.probe_weight_decay": "any",
+    "logging.wandb": "any",
+    "logging.wandb_project": "any",
+    "logging.wandb_entity": "any",
+    "logging.wandb_mode": "any",
 }
 
 
@@ -456,6 +510,10 @@ def _check_consistency(cfg: dict[str, Any], source: str) -> None:
     if cfg["method"] == "wmse" and wm["w_size"] <= wm["out_dim"]:
         raise ConfigError(f"{source}: 'wmse.w_size' ({wm['w_size']}) must exceed 'wmse.out_dim' ({wm['out_dim']}): "
                           f"the covariance of fewer rows than dimensions is singular and cannot be whitened")
+    monitor = cfg["monitor"]
+    if monitor["knn_every"] and monitor["train_split"] == monitor["val_split"]:
+        raise ConfigError(f"{source}: 'monitor.train_split' and 'monitor.val_split' are both "
+                          f"'{monitor['val_split']}': the kNN monitor must score images outside its memory")
     sl = cfg["self_label"]
     if sl["enabled"] and sl["start_epoch"] >= cfg["train"]["epochs"]:
         raise ConfigError(f"{source}: 'self_label.start_epoch' ({sl['start_epoch']}) must be below train.epochs "

@@ -1,4 +1,5 @@
-"""Where a run reports: a JSON-lines log, TensorBoard scalars and a training-curve plot."""
+"""Where a run reports: a JSON-lines log, TensorBoard scalars, optionally Weights & Biases, and a
+training-curve plot."""
 from __future__ import annotations
 
 import json
@@ -17,8 +18,10 @@ class RunLog:
     (``purge_step``), so that every step is logged once.
     """
 
-    def __init__(self, output_dir: str, tensorboard: bool = True, continue_from: int | None = None):
+    def __init__(self, output_dir: str, tensorboard: bool = True, continue_from: int | None = None,
+                 wandb: "WandbRun | None" = None):
         self.path = os.path.join(output_dir, "log.jsonl")
+        self._wandb = wandb
         if continue_from is not None and os.path.isfile(self.path):
             drop_records_after(self.path, continue_from)
         with writing(self.path):
@@ -42,12 +45,53 @@ class RunLog:
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "epoch"):
                     self._writer.add_scalar(f"{prefix}/{key}", value, record["step"])
             self._writer.flush()
+        if self._wandb is not None:
+            self._wandb.log(record)
 
     def close(self) -> None:
         with writing(self.path):  # closing flushes what a failed write left in the buffer
             self._file.close()
         if self._writer is not None:
             self._writer.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+class WandbRun:
+    """A Weights & Biases run mirroring a run's numeric records, with its resolved config and folder name.
+
+    ``wandb`` is imported here only (the ``wandb`` extra). Offline mode writes the run under
+    ``<run folder>/wandb/`` (or ``$WANDB_DIR``) and needs no network; ``wandb sync`` uploads it later.
+    Every record's numbers go under ``<kind>/<key>`` against its own ``step`` axis, so a resumed run,
+    which logs some steps again, is not refused for steps that go back.
+    """
+
+    def __init__(self, settings: dict[str, Any], config: dict[str, Any], run_folder: str, job_type: str):
+        try:
+            import wandb
+        except ImportError:
+            from twist.config import ConfigError
+
+            raise ConfigError("logging.wandb needs the wandb package: pip install 'twist[wandb]'") from None
+        folder = os.path.abspath(run_folder)
+        directory = os.environ.get("WANDB_DIR") or folder
+        with writing(directory):
+            os.makedirs(directory, exist_ok=True)
+            self._run = wandb.init(project=settings["wandb_project"], entity=settings["wandb_entity"] or None,
+                                   mode=settings["wandb_mode"], dir=directory, name=os.path.basename(folder),
+                                   job_type=job_type, config={**config, "run_folder": folder})
+        self._run.define_metric("step")
+        self._run.define_metric("*", step_metric="step")
+
+    def log(self, record: dict[str, Any]) -> None:
+        prefix = record.get("kind", "train")
+        values = {f"{prefix}/{key}": value for key, value in record.items()
+                  if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step"}
+        if values:
+            self._run.log({**values, **({"step": record["step"]} if "step" in record else {})})
+
+    def finish(self) -> None:
+        self._run.finish()
 
 
 def drop_records_after(path: str, step: int) -> int:
@@ -75,23 +119,35 @@ def read_log(path: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+MONITOR_PANELS = {"knn_top1": "kNN monitor top-1", "probe_top1": "online linear probe top-1"}
+
+
+def curve_panels(monitor_records: list[dict[str, Any]]) -> dict[str, str]:
+    """The monitor figures the training-curves plot shows beside the loss: those the run logged."""
+    return {key: title for key, title in MONITOR_PANELS.items() if any(key in r for r in monitor_records)}
+
+
 def plot_training_curves(log_path: str, out_path: str) -> None:
-    """Loss and its three terms against the step, from the step records of ``log.jsonl``."""
+    """Loss and its terms against the step, and the monitors' accuracies, from the records of ``log.jsonl``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for r in read_log(log_path) if r.get("kind") == "train"]
+    log = read_log(log_path)
+    records = [r for r in log if r.get("kind") == "train"]
     titles = [("loss", "loss"), ("consistency", "consistency (KL)"), ("sharpness", "sharpness (mean entropy)"),
               ("diversity", "diversity (entropy of mean)"), ("on_diagonal", "on-diagonal (invariance)"),
               ("off_diagonal", "off-diagonal (redundancy)")]
     keys = [(key, title) for key, title in titles if any(key in r for r in records)] or titles[:1]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    monitors = [r for r in log if r.get("kind") == "monitor"]
+    panels = [(records, key, title) for key, title in keys] + [(monitors, key, title) for key, title in
+                                                               curve_panels(monitors).items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     axes = axes[0]
-    for ax, (key, title) in zip(axes, keys):
+    for ax, (source, key, title) in zip(axes, panels):
         # Self-labeling steps log their own terms, so a curve stops where its term is no longer used.
-        points = [(r["step"], r[key]) for r in records if key in r]
+        points = [(r["step"], r[key]) for r in source if key in r]
         ax.plot([p[0] for p in points], [p[1] for p in points])
         ax.set_title(title)
         ax.set_xlabel("step")

@@ -26,7 +26,8 @@ from twist.data.device_augment import DeviceAugment, build_view_planner, collate
 from twist.distributed import (DistEnv, all_gather_cat, all_reduce_mean, init_distributed, reduce_for_logging,
                                synchronise_batch_norms, world_size)
 from twist.engine.checkpoint import atomic_torch_save, describe_tensors, nonfinite_tensors, rng_state
-from twist.engine.logging import RunLog, plot_training_curves
+from twist.engine.logging import RunLog, WandbRun, plot_training_curves
+from twist.engine.monitors import RunMonitors
 from twist.engine.optim import apply_schedules, build_optimizer, build_schedules
 from twist.engine.resume import clear_stale_temporaries, describe_changes, move_run_aside, restore_run
 from twist.engine.run_lock import RunFolderLocked, RunLock
@@ -345,7 +346,10 @@ def _run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: DistEn
     # Only rank 0 writes; the others keep no handle on the output directory.
     if env.is_main:
         save_config(cfg, os.path.join(output_dir, CONFIG))
-    log = cleanup.enter_context(contextlib.closing(RunLog(output_dir, continue_from=step))) if env.is_main else None
+    wandb = (WandbRun(cfg["logging"], cfg, output_dir, job_type="pretrain")
+             if env.is_main and cfg["logging"]["wandb"] else None)
+    log = (cleanup.enter_context(contextlib.closing(RunLog(output_dir, continue_from=step, wandb=wandb)))
+           if env.is_main else None)
     if log is not None and changes is not None:
         log.write({"kind": "resume", "step": step, "checkpoint": checkpoint_path, "changed": changes})
     stop_at = total_steps if max_steps is None else min(max_steps, total_steps)
@@ -355,6 +359,8 @@ def _run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: DistEn
     if env.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     model.train()
+    monitors = RunMonitors(cfg, raw_model, loader.dataset.source, device, env, amp_dtype)
+    cleanup.callback(monitors.close)
 
     def checkpoint(epoch: int) -> None:
         finite.require(training_state(raw_model, teacher, optimizer), step, checkpoint_path)
@@ -374,7 +380,7 @@ def _run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: DistEn
         sampler.set_epoch(epoch, start_batch)
         for batch in loader:
             apply_schedules(optimizer, schedules, step, cfg["optim"]["bias_lr_ratio"])
-            views, _, indices, skipped = batch
+            views, labels, indices, skipped = batch
             if skipped:
                 skips.add(skipped, step + 1)
                 if not env.enabled:
@@ -385,6 +391,7 @@ def _run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: DistEn
                 views = device_augment(images.to(device, non_blocking=True), plans)  # plans stay on the host
             views = [v.to(device, non_blocking=True, memory_format=memory_format) for v in views]
 
+            monitors.expect_features(views[0].shape[0])
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(views)
                 teacher_logits = teacher(views[:2]) if teacher is not None else None  # globals only
@@ -393,6 +400,7 @@ def _run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: DistEn
             else:
                 terms = method_loss(logits, step, indices, teacher_logits)
             optimizer_step(terms["loss"], model, optimizer, scaler, cfg["optim"]["clip_grad_norm"])
+            monitors.after_step(labels)
             if teacher is not None:
                 teacher.update(raw_model, float(schedules["momentum"][step]))
             step += 1
@@ -414,8 +422,10 @@ def _run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: DistEn
                           "weight_decay": optimizer.param_groups[0]["weight_decay"],
                           "images_per_s": env.world_size * window_images / max(elapsed, 1e-9),
                           "skipped_images": skips.total}
+                monitor_records = monitors.at_logging_step(step, epoch)  # collective
                 if log is not None:
-                    log.write(record)
+                    for written in (record, *monitor_records):
+                        log.write(written)
                 bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.3g}",
                                 img_s=f"{record['images_per_s']:.0f}")
                 window_start, window_images = time.perf_counter(), 0
@@ -424,6 +434,12 @@ def _run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: DistEn
             if step >= stop_at:
                 break
         if step % steps_per_epoch == 0 or step >= stop_at:
+            # Before the checkpoint: a run killed while the monitor runs repeats the epoch and its monitor.
+            knn_record = monitors.at_epoch_end(step, step // steps_per_epoch) if step % steps_per_epoch == 0 else None
+            if knn_record is not None:
+                window_start += knn_record["seconds"]  # images_per_s measures training alone
+                if log is not None:
+                    log.write(knn_record)
             checkpoint(step // steps_per_epoch)
             if gather_skips:
                 skips.publish(log, gather=True)

@@ -46,13 +46,14 @@ VARIANTS = [
     Variant("Barlow Twins", "methods", "configs/demo/digits_barlow_twins.yaml"),
     Variant("W-MSE 2", "methods", "configs/demo/digits_wmse.yaml"),
     Variant("no sharpness (lam1 = -1)", "terms", TWIST, ("loss.lam1=-1.0",),
-            "Table 7: without the sharpness term the model collapses"),
+            "Table 8: without the sharpness term the model collapses"),
     Variant("no diversity (lam2 = 0)", "terms", TWIST, ("loss.lam2=0.0",),
-            "Table 7: without the diversity term the model collapses"),
+            "Table 8: without the diversity term training does not collapse (NBS prevents it), but linear "
+            "accuracy falls from 70.9 to 56.1 at 50 epochs"),
     Variant("neither term", "terms", TWIST, ("loss.lam1=-1.0", "loss.lam2=0.0"),
-            "Table 7: consistency alone collapses"),
+            "Table 8: consistency alone collapses"),
     Variant("no NBS", "nbs", TWIST, ("model.head.nbs=false",),
-            "Table 8: removing the batch norm before the softmax costs accuracy"),
+            "Table 7: removing the batch norm before the softmax costs accuracy"),
     Variant("tau = 0.5", "tau", TWIST, ("loss.tau=0.5",)),
     Variant("tau = 2", "tau", TWIST, ("loss.tau=2.0",)),
 ]
@@ -160,8 +161,8 @@ def write_report(table: dict[str, list[dict]], args, plot_name: str, notes: str)
         f"![study]({plot_name})",
         "",
     ]
-    titles = {"methods": "Methods at equal budget", "terms": "TWIST: the loss terms (paper, Table 7)",
-              "nbs": "TWIST: the batch norm before the softmax (paper, Table 8)",
+    titles = {"methods": "Methods at equal budget", "terms": "TWIST: the loss terms (paper, Table 8)",
+              "nbs": "TWIST: the batch norm before the softmax (paper, Table 7)",
               "tau": "TWIST: the softmax temperature tau"}
     baseline = VARIANTS[0]
     for group, title in titles.items():

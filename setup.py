@@ -37,6 +37,8 @@ setup(
         "seg": ["mmengine>=0.10,<0.11", "mmcv-lite==2.1.0", "mmsegmentation==1.2.2", "ftfy", "regex"],
         # Detectron2 itself is installed from its own guide; it is not on the package index.
         "det": ["pycocotools>=2.0"],
+        # logging.wandb / twist-eval --wandb: Weights & Biases beside log.jsonl and TensorBoard.
+        "wandb": ["wandb>=0.17"],
     },
     entry_points={"console_scripts": ["twist-train=twist.cli.train:main", "twist-eval=twist.cli.eval:main",
                                       "twist-convert=twist_tools.convert:main",

@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--trust-checkpoint", action="store_true",
                        help="allow full unpickling of a checkpoint that is not weights-only (only for files you "
                             "trust: unpickling can run code)")
+        p.add_argument("--wandb", choices=("online", "offline"),
+                       help="also log the results to Weights & Biases in this mode (offline needs no network; "
+                            "the 'wandb' extra)")
+        p.add_argument("--wandb-project", default="twist", help="the W&B project (with --wandb)")
+        p.add_argument("--wandb-entity", default="", help="the W&B entity (with --wandb; default: yours)")
         if name == "semisup":
             p.add_argument("--random-init", action="store_true",
                            help="train the network of model.* from random weights (the from-scratch baseline)")
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         session = open_session(args.protocol, args.output_dir, args.checkpoint, args.teacher,
                                args.trust_checkpoint, args.config, args.overrides)
         results = protocol_runner(args.protocol)(session)
+        if args.wandb and session.env.is_main:
+            log_results_to_wandb(args, session.cfg, results)
     except (ConfigError, DatasetError, CorruptImageError, CheckpointError, OutputError) as err:
         print(f"twist-eval: error: {err}", file=sys.stderr)
         return 2
@@ -68,6 +75,18 @@ def main(argv: list[str] | None = None) -> int:
         print(format_results(results))
         print(f"results: {args.output_dir}/results.json")
     return 0
+
+
+def log_results_to_wandb(args: argparse.Namespace, cfg: dict, results: dict) -> None:
+    """One W&B run of job type ``eval-<protocol>``: the resolved config, the output folder's name, the figures."""
+    from twist.engine.logging import WandbRun
+
+    settings = {"wandb_project": args.wandb_project, "wandb_entity": args.wandb_entity, "wandb_mode": args.wandb}
+    run = WandbRun(settings, {**cfg, "checkpoint": args.checkpoint}, args.output_dir, job_type=f"eval-{args.protocol}")
+    try:
+        run.log({"kind": "eval", **{key: value for key, value in results.items() if key != "baseline"}})
+    finally:
+        run.finish()
 
 
 def format_results(results: dict) -> str:

@@ -184,7 +184,7 @@ def check_weights_fit_config(weights: str, get: Callable[[str], Any], config_nam
     if problems:
         raise ValueError(f"'{weights}' holds torchvision-style ResNet weights (written by '{author}'), but "
                          f"{config_name} does not set what they need: " + "; ".join(problems) +
-                         ". Chain the config to detection/configs/Base-TWIST-R50-FPN.yaml")
+                         ". Chain the config to detection/configs/Base-TWIST-R50-FPN.yaml (or Base-TWIST-R50-C4.yaml)")
 
 
 def dataset_problems(dataset_names: list[str], root: str) -> list[str]:

@@ -188,7 +188,7 @@ def check_weights_fit_config(weights: str, get: Callable[[str], Any], config_nam
 
 
 def dataset_problems(dataset_names: list[str], root: str) -> list[str]:
-    """Missing folders and files of detectron2's built-in VOC and COCO datasets (and the digit scenes) under ``root``."""
+    """Missing folders and files of detectron2's VOC and COCO datasets and of the digit scenes under ``root``."""
     problems = []
     for name in dataset_names:
         if name.startswith("voc_"):

@@ -12,12 +12,13 @@ install: $(STAMP)
 
 # torch and torchvision are pinned (the registry CUDA build, which also runs on CPU); the constraints file pins everything else
 # to the versions the suite was last run with. The seg extra (mmsegmentation on mmcv-lite, pure Python) is installed
-# so that the suite runs the MMSegmentation tests; Detectron2 is not on the package index (see the README).
+# so that the suite runs the MMSegmentation tests, and the wandb extra for its offline-run tests; Detectron2 is not on
+# the package index (see the README).
 $(STAMP): setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=23"
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,seg]"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,seg,wandb]"
 	touch $(STAMP)
 
 demo: $(STAMP)

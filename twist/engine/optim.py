@@ -11,7 +11,35 @@ from torch import nn
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token")
 
 
-class LARS(torch.optim.Optimizer):
+class _LayerwiseSGD(torch.optim.Optimizer):
+    """What both LARS rules share: the hyper-parameters, and a step that gathers each group's parameters
+    with gradients and their momentum buffers, then hands them to the rule's ``_update``."""
+
+    def __init__(self, params: Iterable, lr: float = 0.0, momentum: float = 0.9, weight_decay: float = 0.0,
+                 eta: float = 0.001, lars_exclude: bool = False):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=lars_exclude)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                buffers = _momentum_buffers(self.state, params)
+                torch._foreach_mul_(buffers, group["momentum"])
+                self._update(group, params, [p.grad for p in params], buffers)
+        return loss
+
+    def _update(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
+                buffers: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+
+class LARS(_LayerwiseSGD):
     """LARS with the trust ratio inside the learning rate and momentum applied after it.
 
     Per parameter p with gradient g, weight decay wd and trust coefficient eta:
@@ -28,42 +56,24 @@ class LARS(torch.optim.Optimizer):
     traffic, and on the CPU every fresh allocation of that size also pays its page faults.
     """
 
-    def __init__(self, params: Iterable, lr: float = 0.0, momentum: float = 0.9, weight_decay: float = 0.0,
-                 eta: float = 0.001, lars_exclude: bool = False):
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=lars_exclude)
-        super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            wd, lr, momentum = group["weight_decay"], group["lr"], group["momentum"]
-            buffers = _momentum_buffers(self.state, params)
-            torch._foreach_mul_(buffers, momentum)
-            if group["lars_exclude"]:
-                torch._foreach_add_(buffers, grads, alpha=lr)
-                if wd != 0:
-                    torch._foreach_add_(buffers, params, alpha=lr * wd)
-            else:
-                param_norms = torch.stack(torch._foreach_norm(params))
-                grad_norms = torch.stack(torch._foreach_norm(grads))
-                ratio = group["eta"] * param_norms / (grad_norms + wd * param_norms)
-                scale = torch.where((param_norms > 0) & (grad_norms > 0), ratio, 1.0) * lr
-                torch._foreach_addcmul_(buffers, grads, list(scale.unbind()))
-                if wd != 0:
-                    torch._foreach_addcmul_(buffers, params, list((scale * wd).unbind()))
-            torch._foreach_sub_(params, buffers)
-        return loss
+    def _update(self, group, params, grads, buffers) -> None:
+        wd, lr = group["weight_decay"], group["lr"]
+        if group["lars_exclude"]:
+            torch._foreach_add_(buffers, grads, alpha=lr)
+            if wd != 0:
+                torch._foreach_add_(buffers, params, alpha=lr * wd)
+        else:
+            param_norms = torch.stack(torch._foreach_norm(params))
+            grad_norms = torch.stack(torch._foreach_norm(grads))
+            ratio = group["eta"] * param_norms / (grad_norms + wd * param_norms)
+            scale = torch.where((param_norms > 0) & (grad_norms > 0), ratio, 1.0) * lr
+            torch._foreach_addcmul_(buffers, grads, list(scale.unbind()))
+            if wd != 0:
+                torch._foreach_addcmul_(buffers, params, list((scale * wd).unbind()))
+        torch._foreach_sub_(params, buffers)
 
 
-class BarlowTwinsLARS(torch.optim.Optimizer):
+class BarlowTwinsLARS(_LayerwiseSGD):
     """LARS as Barlow Twins runs it: the trust ratio over the norm of the whole update, lr after momentum.
 
     Per parameter p with gradient g, weight decay wd and trust coefficient eta:
@@ -84,36 +94,18 @@ class BarlowTwinsLARS(torch.optim.Optimizer):
     thread for ResNet-18 + a 4096/4096 head (47 M parameters); 477 ms written with temporaries.
     """
 
-    def __init__(self, params: Iterable, lr: float = 0.0, momentum: float = 0.9, weight_decay: float = 0.0,
-                 eta: float = 0.001, lars_exclude: bool = False):
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=lars_exclude)
-        super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            wd, momentum = group["weight_decay"], group["momentum"]
-            buffers = _momentum_buffers(self.state, params)
-            torch._foreach_mul_(buffers, momentum)
-            if group["lars_exclude"]:
-                torch._foreach_add_(buffers, grads)
-                if wd != 0:
-                    torch._foreach_add_(buffers, params, alpha=wd)
-            else:
-                ratio = _trust_ratio_of_update(params, grads, wd, group["eta"])
-                torch._foreach_addcmul_(buffers, grads, list(ratio.unbind()))
-                if wd != 0:
-                    torch._foreach_addcmul_(buffers, params, list((ratio * wd).unbind()))
-            torch._foreach_add_(params, buffers, alpha=-group["lr"])
-        return loss
+    def _update(self, group, params, grads, buffers) -> None:
+        wd = group["weight_decay"]
+        if group["lars_exclude"]:
+            torch._foreach_add_(buffers, grads)
+            if wd != 0:
+                torch._foreach_add_(buffers, params, alpha=wd)
+        else:
+            ratio = _trust_ratio_of_update(params, grads, wd, group["eta"])
+            torch._foreach_addcmul_(buffers, grads, list(ratio.unbind()))
+            if wd != 0:
+                torch._foreach_addcmul_(buffers, params, list((ratio * wd).unbind()))
+        torch._foreach_add_(params, buffers, alpha=-group["lr"])
 
 
 def _trust_ratio_of_update(params: list[torch.Tensor], grads: list[torch.Tensor], wd: float,

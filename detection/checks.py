@@ -196,18 +196,14 @@ def dataset_problems(dataset_names: list[str], root: str) -> list[str]:
             base = os.path.join(root, f"VOC{year}")
             needed = [os.path.join(base, "Annotations"), os.path.join(base, "JPEGImages"),
                       os.path.join(base, "ImageSets", "Main", f"{split}.txt")]
-        elif name.startswith("coco_2017_"):
+        elif name.startswith(("coco_2017_", "digit_scenes_coco_")):  # the latter: twist.transfer.digit_scenes
             split = name.rsplit("_", 1)[1]
             needed = [os.path.join(root, "coco", f"{split}2017"),
                       os.path.join(root, "coco", "annotations", f"instances_{split}2017.json")]
-        elif name.startswith("digit_scenes_voc_"):  # twist.transfer.digit_scenes
+        elif name.startswith("digit_scenes_voc_"):
             base = os.path.join(root, "VOCdevkit", "VOC2012")
             needed = [os.path.join(base, "Annotations"), os.path.join(base, "JPEGImages"),
                       os.path.join(base, "ImageSets", "Main", f"{name.rsplit('_', 1)[1]}.txt")]
-        elif name.startswith("digit_scenes_coco_"):
-            split = name.rsplit("_", 1)[1]
-            needed = [os.path.join(root, "coco", f"{split}2017"),
-                      os.path.join(root, "coco", "annotations", f"instances_{split}2017.json")]
         else:
             continue
         problems += [f"{name}: '{p}' is missing" for p in needed if not os.path.exists(p)]

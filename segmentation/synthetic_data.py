@@ -19,18 +19,11 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
+from twist.transfer.digit_scenes import voc_palette
+
 VOC_CLASSES_USED = (15, 8, 12)      # person, cat, dog
 CITYSCAPES_CLASSES_USED = (0, 11, 13)  # road, person, car
-PALETTE = [0] * 768
-for _c in range(256):  # VOC's colour map: bits of the index spread over the three channels
-    _r = _g = _b = 0
-    _i = _c
-    for _bit in range(8):
-        _r |= ((_i >> 0) & 1) << (7 - _bit)
-        _g |= ((_i >> 1) & 1) << (7 - _bit)
-        _b |= ((_i >> 2) & 1) << (7 - _bit)
-        _i >>= 3
-    PALETTE[3 * _c:3 * _c + 3] = [_r, _g, _b]
+PALETTE = voc_palette()
 
 
 def draw_scene(rng: np.random.Generator, height: int, width: int, classes: tuple[int, ...], background: int,

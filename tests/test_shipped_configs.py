@@ -14,9 +14,15 @@ from PIL import Image
 
 from twist.config import load_config
 from twist.engine.trainer import train
+from twist.models.backbones import VITS
 
 CONFIGS = sorted(glob.glob("configs/demo/*.yaml") + glob.glob("configs/pretrain/*.yaml"))
 REDUCED = ["data.image_size=32", "augment.local_size=16", "train.batch_size=4"]
+# ResNets take local crops of 24 px: at 16 px a ResNet-50's layer4 sees 1x1 maps, and in bf16 on the CPU
+# the weight gradient of its strided 3x3 convolution then came out non-finite after an earlier test's run
+# (order-dependent: it passed alone), which the finiteness check before the checkpoint rightly refuses.
+# ViTs keep 16 px, a multiple of their patch.
+RESNET_LOCAL = ["augment.local_size=24"]
 MACHINE = ["data.num_workers=0"]
 
 
@@ -46,7 +52,7 @@ def test_configs_are_found():
 @pytest.mark.parametrize("path", CONFIGS)
 def test_shipped_config_trains_one_step(path, tmp_path):
     shipped = load_config(path)
-    overrides = REDUCED + MACHINE
+    overrides = REDUCED + MACHINE + ([] if shipped["model"]["backbone"] in VITS else RESNET_LOCAL)
     if shipped["method"] == "wmse":
         overrides += ["wmse.w_size=4", "wmse.out_dim=3"]
     if shipped["data"]["dataset"] == "folder":

@@ -34,7 +34,8 @@ def test_optimizer_step_clips_the_global_norm_in_any_precision(dtype, clip):
 def test_fp16_needs_cuda_and_bf16_runs_on_cpu(tmp_path, tiny_overrides):
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         autocast_dtype("fp16", torch.device("cpu"))
-    cfg = load_config(None, tiny_overrides + ["train.precision=bf16", "optim.clip_grad_norm=1.0", "train.epochs=1"])
+    cfg = load_config(None, tiny_overrides + ["train.precision=bf16", "optim.clip_grad_norm=1.0", "train.epochs=1",
+                                          "data.image_size=32"])
     result = train(cfg, str(tmp_path))
     assert result["finished"]
     state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)

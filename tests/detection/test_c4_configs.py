@@ -63,17 +63,6 @@ def test_every_c4_config_is_the_moco_c4_protocol_with_torchvision_keys(path):
     assert lookup(cfg, "MODEL.RESNETS.WIDTH_PER_GROUP", 64) == (128 if wide else 64)
 
 
-@pytest.mark.parametrize("path", [p for p in C4_CONFIGS if "voc" in p], ids=os.path.basename)
-def test_voc_c4_configs_follow_the_24k_protocol(path):
-    cfg = load_config_file(path)
-    assert lookup(cfg, "MODEL.MASK_ON") is False and lookup(cfg, "MODEL.ROI_HEADS.NUM_CLASSES") == 20
-    assert lookup(cfg, "DATASETS.TRAIN") == ("voc_2007_trainval", "voc_2012_trainval")
-    assert lookup(cfg, "DATASETS.TEST") == ("voc_2007_test",)
-    assert (lookup(cfg, "SOLVER.MAX_ITER"), lookup(cfg, "SOLVER.STEPS"), lookup(cfg, "SOLVER.WARMUP_ITERS")) == (
-        24000, (18000, 22000), 100)
-    assert lookup(cfg, "INPUT.MIN_SIZE_TRAIN") == tuple(range(480, 801, 32)) and lookup(cfg, "INPUT.MIN_SIZE_TEST") == 800
-
-
 @pytest.mark.parametrize("path", [p for p in C4_CONFIGS if "coco" in p], ids=os.path.basename)
 def test_coco_c4_configs_are_mask_rcnn_1x_or_2x(path):
     cfg = load_config_file(path)

@@ -74,7 +74,7 @@ def test_every_config_carries_the_keys_torchvision_style_weights_need(path):
     assert lookup(cfg, "MODEL.RESNETS.WIDTH_PER_GROUP", 64) == (128 if wide else 64)
 
 
-@pytest.mark.parametrize("path", [p for p in FPN_CONFIGS if "voc" in p], ids=os.path.basename)
+@pytest.mark.parametrize("path", [p for p in RUN_CONFIGS if "voc" in p], ids=os.path.basename)  # FPN and C4
 def test_voc_configs_follow_the_24k_protocol(path):
     cfg = load_config_file(path)
     assert lookup(cfg, "MODEL.MASK_ON") is False and lookup(cfg, "MODEL.ROI_HEADS.NUM_CLASSES") == 20

@@ -158,7 +158,8 @@ def test_detectron2_voc_and_coco_loaders_read_the_scenes(written):
     assert len(voc) == len(coco) == 4
     for scene, from_voc, from_coco in zip(scenes, voc, coco):
         assert [a["category_id"] for a in from_voc["annotations"]] == [t.digit for t in scene.instances]
-        assert [tuple(a["bbox"]) for a in from_voc["annotations"]] == [tuple(map(float, t.box)) for t in scene.instances]
+        boxes = [tuple(map(float, t.box)) for t in scene.instances]
+        assert [tuple(a["bbox"]) for a in from_voc["annotations"]] == boxes
         assert all(a["bbox_mode"] == BoxMode.XYXY_ABS for a in from_voc["annotations"])
         assert [a["category_id"] for a in from_coco["annotations"]] == [t.digit for t in scene.instances]
         for ann, inst in zip(from_coco["annotations"], scene.instances):

@@ -57,7 +57,6 @@ class Benchmark:
     initialisations: list[Initialisation]
     segmentation: dict[str, Any]
     detection: dict[str, Any]
-    source: str = ""
 
 
 def load_benchmark(path: str) -> Benchmark:
@@ -82,8 +81,7 @@ def load_benchmark(path: str) -> Benchmark:
         raise TransferError(f"{path}: trials must be an integer of at least 2 (a spread needs two), not "
                             f"{raw['trials']!r}")
     return Benchmark(raw["scenes"], raw["trials"], [str(o) for o in raw["pretrain_overrides"] or []],
-                     [str(o) for o in raw["supervised_overrides"] or []], inits, raw["segmentation"], raw["detection"],
-                     source=path)
+                     [str(o) for o in raw["supervised_overrides"] or []], inits, raw["segmentation"], raw["detection"])
 
 
 def detectron2_available() -> bool:
@@ -109,7 +107,8 @@ class Runner:
         self.echo(f"{what}: {' '.join(cmd)}")
         start = time.perf_counter()
         with open(log_path, "ab") as log:
-            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}).returncode
+            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, **(env or {})}).returncode
         self.timings[what] = time.perf_counter() - start
         if code != 0:
             raise TransferError(f"{what} failed with exit code {code}; see {log_path}")
@@ -283,8 +282,8 @@ def write_report(bench: Benchmark, results: dict[str, list[tuple[str, dict[str, 
         if rows is None:
             lines += [f"## {task.capitalize()}", "", "Not run: Detectron2 is not installed.", ""]
             continue
-        lines += [f"## {task.capitalize()} ({bench.segmentation['config'] if task == 'segmentation' else bench.detection['config']})",
-                  "", "| initialisation | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+        config = (bench.segmentation if task == "segmentation" else bench.detection)["config"]
+        lines += [f"## {task.capitalize()} ({config})", "", "| initialisation | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
         lines += [f"| {name} | " + " | ".join(row_cells(summary, columns)) + " |" for name, summary in rows]
         chart = f"transfer_{task}.png"
         bar_chart(rows, metric, os.path.join(out_dir, chart))

@@ -95,6 +95,9 @@ DEFAULTS: dict[str, Any] = {
         "blur": [1.0, 0.1],
         "solarize": [0.0, 0.2],
         "rotation": 0.0,
+        # small_gray: the probability that a view's strokes are painted in a random colour over a random
+        # smooth background (twist.data.backdrop), so that the views share only the digit's shape.
+        "backdrop": 0.0,
         # Multi-crop: this many extra low-resolution views, paired with both global views.
         "local_crops": 0,
         "local_size": 96,
@@ -244,6 +247,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "augment.color_jitter": (0.0, 1.0),
     "augment.grayscale": (0.0, 1.0),
     "augment.rotation": (0.0, 180.0),
+    "augment.backdrop": (0.0, 1.0),
     "optim.lr": (0.0, None),
     "optim.bias_lr_ratio": (0.0, None),
     "optim.warmup_epochs": (0, None),
@@ -491,6 +495,9 @@ def _check_consistency(cfg: dict[str, Any], source: str) -> None:
         if low > high:
             raise ConfigError(f"{source}: '{key}' must be [low, high] with low <= high, got {[low, high]}")
     check_data_section(cfg["data"], source)
+    if cfg["augment"]["backdrop"] > 0 and cfg["augment"]["pipeline"] != "small_gray":
+        raise ConfigError(f"{source}: 'augment.backdrop' paints grayscale strokes (the 'small_gray' pipeline); "
+                          f"augment.pipeline is '{cfg['augment']['pipeline']}'")
     if cfg["augment"]["on_device"] and cfg["augment"]["pipeline"] != "barlow":
         raise ConfigError(f"{source}: 'augment.on_device' implements the 'barlow' pipeline; augment.pipeline is "
                           f"'{cfg['augment']['pipeline']}'")

@@ -26,7 +26,7 @@ def _toy(tmp_path) -> str:
                                "optim.warmup_epochs=0"],
         "supervised_overrides": [],
         "initialisations": {"twist": {"pretrain": "configs/demo/digits.yaml"}, "random": {}},
-        "segmentation": {"config": "segmentation/configs/miniature/fpn_r18_digit_scenes-112x112.py",
+        "segmentation": {"config": "segmentation/configs/miniature/fpn_r18_digit_scenes-64x64.py",
                          "overrides": SEG_SHORT},
         "detection": {"config": "detection/configs/miniature/voc_faster_rcnn_R_18_FPN_digit_scenes.yaml",
                       "overrides": DET_SHORT},
@@ -48,7 +48,7 @@ def test_the_whole_chain_at_toy_size(tmp_path):
         assert summary["num_trials"] == summary["num_succeeded"] == 2
         miou = summary["metrics"]["mIoU"]
         assert f"| {name} | {miou['mean']:.1f} ± {miou['std']:.1f} |" in text
-    assert "bare ResNet-18 training at 112 px" in text and "2 trials per initialisation" in text
+    assert "bare ResNet-18 training at 64 px" in text and "2 trials per initialisation" in text
     # Each trial's backbone, after mmseg's own initialisation, held the pretraining checkpoint's tensors.
     backbone = load_weights_only(str(out / "pretrain" / "twist" / "checkpoint.pth"))["backbone"]
     expected = {k: tensor_digest(v) for k, v in sorted(backbone.items())}
@@ -77,4 +77,19 @@ def test_a_benchmark_config_with_a_wrong_key_is_named(tmp_path):
     config.pop("trials")
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(TransferError, match="expected the keys"):
+        load_benchmark(str(path))
+
+
+def test_the_scenes_section_sets_how_scenes_are_drawn(tmp_path):
+    from twist.transfer.benchmark import scene_spec
+    from twist.transfer.digit_scenes import SceneSpec
+
+    shipped = load_benchmark("configs/transfer/digit_scenes.yaml")
+    assert scene_spec(shipped.scenes) == SceneSpec(canvas=64, digits_per_scene=(1, 3), digit_size=(24, 44),
+                                                   background_grid=2)
+    path = tmp_path / "bad.yaml"
+    config = yaml.safe_load(open(_toy(tmp_path)))
+    config["scenes"]["canvass"] = 64
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(TransferError, match="scenes takes train, val and seed, and optionally"):
         load_benchmark(str(path))

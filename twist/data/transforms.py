@@ -12,6 +12,8 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
+from twist.data.backdrop import RandomBackdrop
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -79,6 +81,7 @@ def _small_gray_view(size: int, scale: tuple[float, float], aug: dict[str, Any],
         T.RandomResizedCrop(size, scale=scale, ratio=(0.8, 1.25), interpolation=T.InterpolationMode.BILINEAR),
         T.RandomHorizontalFlip(aug["hflip"]),
         T.RandomRotation(aug["rotation"], interpolation=T.InterpolationMode.BILINEAR),
+        *([RandomBackdrop(aug["backdrop"])] if aug["backdrop"] > 0 else []),
         T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4)], p=aug["color_jitter"]),
         RandomGaussianBlur(blur, sigma_min=0.1, sigma_max=0.1 + size / 32),
         RandomSolarize(solarize),
@@ -135,18 +138,20 @@ def build_eval_transform(cfg: dict[str, Any]) -> T.Compose:
 
 
 def build_classification_transforms(pipeline: str, size: int, crop_scale: tuple[float, float], hflip: float,
-                                    interpolation: str = "bilinear") -> tuple[T.Compose, T.Compose]:
+                                    interpolation: str = "bilinear", backdrop: float = 0.0) -> tuple[T.Compose, T.Compose]:
     """(training view, evaluation view) of the supervised protocols (linear probe, fine-tuning).
 
     Training: random-resized crop of ``crop_scale`` and a horizontal flip with probability ``hflip``
     (the ImageNet protocol: scale (0.08, 1), p 0.5); for ``small_gray`` the crop's aspect ratio stays
-    within 0.8-1.25, as in its pretraining views.
+    within 0.8-1.25, as in its pretraining views, and ``backdrop`` paints a view on a random backdrop
+    with that probability (:class:`twist.data.backdrop.RandomBackdrop`).
     """
     ratio = (0.8, 1.25) if pipeline == "small_gray" else (3 / 4, 4 / 3)
     mode = T.InterpolationMode.BILINEAR if pipeline == "small_gray" else _INTERPOLATION[interpolation]
     train = T.Compose([
         T.RandomResizedCrop(size, scale=crop_scale, ratio=ratio, interpolation=mode),
         T.RandomHorizontalFlip(hflip),
+        *([RandomBackdrop(backdrop)] if backdrop > 0 else []),
         T.ToTensor(), ToThreeChannels(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
     return train, eval_transform(pipeline, size, interpolation)

@@ -44,6 +44,8 @@ EVAL_DEFAULTS: dict[str, Any] = {
         "crop_scale": [0.08, 1.0],
         "hflip": 0.5,
         "interpolation": "bilinear",
+        # small_gray: as the pretraining key (supervised training views on random backdrops).
+        "backdrop": 0.0,
     },
     "features": {
         "batch_size": 256,
@@ -105,6 +107,7 @@ EVAL_RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.num_classes": (1, None),
     "data.num_workers": (0, None),
     "augment.hflip": (0.0, 1.0),
+    "augment.backdrop": (0.0, 1.0),
     "features.batch_size": (1, None),
     "features.vit_last_blocks": (1, 12),
     "linear.cache_max_images": (0, None),

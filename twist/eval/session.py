@@ -63,7 +63,8 @@ class EvalSession:
         """(training views, deterministic evaluation transform) of the supervised protocols."""
         aug = self.cfg["augment"]
         return build_classification_transforms(aug["pipeline"], self.cfg["data"]["image_size"],
-                                               tuple(aug["crop_scale"]), aug["hflip"], aug["interpolation"])
+                                               tuple(aug["crop_scale"]), aug["hflip"], aug["interpolation"],
+                                               aug["backdrop"])
 
     def eval_dataset(self, source) -> EvalDataset:
         return EvalDataset(source, self.transforms()[1])

@@ -77,6 +77,13 @@ def load_benchmark(path: str) -> Benchmark:
             raise TransferError(f"{path}: initialisations.{name} takes one of 'pretrain' or 'supervised' (or "
                                 f"nothing, for random weights), not {sorted(spec)}")
         inits.append(Initialisation(name, spec.get("pretrain"), spec.get("supervised")))
+    from twist.transfer.digit_scenes import SceneSpec
+
+    spec_keys = set(SceneSpec.__dataclass_fields__)
+    scenes = raw["scenes"] if isinstance(raw["scenes"], dict) else {}
+    if not {"train", "val", "seed"} <= set(scenes) or set(scenes) - {"train", "val", "seed"} - spec_keys:
+        raise TransferError(f"{path}: scenes takes train, val and seed, and optionally {sorted(spec_keys)}; found "
+                            f"{sorted(scenes) if scenes else raw['scenes']!r}")
     if not isinstance(raw["trials"], int) or raw["trials"] < 2:
         raise TransferError(f"{path}: trials must be an integer of at least 2 (a spread needs two), not "
                             f"{raw['trials']!r}")
@@ -115,6 +122,14 @@ class Runner:
         self.echo(f"{what}: done in {self.timings[what]:.0f} s")
 
 
+def scene_spec(scenes: dict[str, Any]):
+    """The :class:`SceneSpec` of the config's ``scenes`` section: its keys other than train, val and seed."""
+    from twist.transfer.digit_scenes import SceneSpec
+
+    drawn = {k: tuple(v) if isinstance(v, list) else v for k, v in scenes.items() if k not in ("train", "val", "seed")}
+    return SceneSpec(**drawn)
+
+
 def make_scenes(bench: Benchmark, data_dir: str, echo: Callable[[str], None]) -> dict[str, Any]:
     from twist.transfer.digit_scenes import write_digit_scenes
 
@@ -127,7 +142,8 @@ def make_scenes(bench: Benchmark, data_dir: str, echo: Callable[[str], None]) ->
         raise TransferError(f"'{data_dir}' holds scenes made with {written['spec']}, not the config's "
                             f"{bench.scenes}: use another --output-dir")
     echo(f"scenes: writing {bench.scenes['train']} train and {bench.scenes['val']} val scenes under {data_dir}")
-    paths = write_digit_scenes(data_dir, bench.scenes["train"], bench.scenes["val"], seed=bench.scenes["seed"])
+    paths = write_digit_scenes(data_dir, bench.scenes["train"], bench.scenes["val"], scene_spec(bench.scenes),
+                               seed=bench.scenes["seed"])
     written = {"spec": bench.scenes, **paths}
     atomic_write(done, lambda f: json.dump(written, f, indent=2), binary=False)
     return written
@@ -226,7 +242,7 @@ def machine_description() -> str:
             f"Python {platform.python_version()}")
 
 
-def backbone_rate(steps: int = 5, batch: int = 8, size: int = 112) -> float:
+def backbone_rate(steps: int = 5, batch: int = 8, size: int = 64) -> float:
     """Training images per second of a bare torchvision ResNet-18 at the scenes' size: this machine's speed."""
     import torch
     import torchvision
@@ -273,7 +289,7 @@ def write_report(bench: Benchmark, results: dict[str, list[tuple[str, dict[str, 
     lines = ["# Transfer in miniature: digit scenes", "",
              f"Mean ± sample standard deviation over {bench.trials} trials per initialisation "
              f"({bench.scenes['train']} train and {bench.scenes['val']} val scenes). Written by", "",
-             f"    {command}", "", f"on {machine} (bare ResNet-18 training at 112 px: {rate:.0f} images/s), "
+             f"    {command}", "", f"on {machine} (bare ResNet-18 training at 64 px: {rate:.0f} images/s), "
              f"in {minutes:.0f} minutes.", ""]
     charts = []
     for task, columns, metric in (("segmentation", SEGMENTATION_COLUMNS, "mIoU"),
@@ -310,7 +326,7 @@ def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Ca
     runner = Runner(output_dir, echo)
     os.makedirs(output_dir, exist_ok=True)
     rate = backbone_rate()
-    echo(f"machine: bare ResNet-18 training at 112 px runs at {rate:.0f} images/s here")
+    echo(f"machine: bare ResNet-18 training at 64 px runs at {rate:.0f} images/s here")
     scenes = make_scenes(bench, os.path.join(output_dir, "data"), echo)
     tasks = ["segmentation"] + (["detection"] if detectron2_available() else [])
     if "detection" not in tasks:

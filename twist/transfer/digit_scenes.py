@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from twist.atomic import atomic_write
+from twist.data.backdrop import paint, smooth_background, stroke_colour
 from twist.data.datasets import DigitsSource
 
 VOC_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow")
@@ -48,6 +49,7 @@ class SceneSpec:
     digit_size: tuple[int, int] = (22, 46)  # side of a resized digit, in pixels
     gap: int = 2                            # free pixels between two digits' squares
     noise_std: float = 10.0
+    background_grid: int = 4                # the background's colour gradients: a grid of this many colours a side
 
 
 @dataclass
@@ -64,23 +66,6 @@ class Scene:
     image: np.ndarray                  # uint8, canvas x canvas x 3
     semantic: np.ndarray               # uint8, canvas x canvas: 0 background, d + 1 digit d, 255 ignore
     instances: list[Instance] = field(default_factory=list)
-
-
-def background(rng: np.random.Generator, side: int, noise_std: float) -> np.ndarray:
-    """Smooth colour gradients (a 4x4 grid of random colours, bicubically upsampled) plus pixel noise."""
-    grid = rng.uniform(30, 225, size=(4, 4, 3)).astype(np.uint8)
-    smooth = np.asarray(Image.fromarray(grid).resize((side, side), Image.BICUBIC), dtype=np.float64)
-    return smooth + rng.normal(0.0, noise_std, size=smooth.shape)
-
-
-def stroke_colour(rng: np.random.Generator, behind: np.ndarray) -> np.ndarray:
-    """A random colour whose brightness differs from the background behind the digit by at least 70."""
-    level = float(behind.mean())
-    for _ in range(100):
-        colour = rng.uniform(0, 255, size=3)
-        if abs(float(colour.mean()) - level) >= 70:
-            return colour
-    return np.full(3, 0.0 if level > 127 else 255.0)
 
 
 def digit_coverage(digit: np.ndarray, size: int) -> np.ndarray:
@@ -100,10 +85,19 @@ def free_place(rng: np.random.Generator, taken: list[tuple[int, int, int, int]],
     return None
 
 
+def paint_digit(rng: np.random.Generator, pixels: np.ndarray, digit: np.ndarray, x: int, y: int,
+                size: int) -> np.ndarray:
+    """Draw an 8x8 ``digit`` as a ``size`` square at (x, y) of ``pixels`` in its own colour; returns its coverage."""
+    coverage = digit_coverage(digit, size)
+    window = pixels[y:y + size, x:x + size]
+    paint(window, coverage, stroke_colour(rng, window))
+    return coverage
+
+
 def draw_scene(rng: np.random.Generator, digits: np.ndarray, labels: np.ndarray, spec: SceneSpec) -> Scene:
     """One scene from the digit pool ``digits`` (N x 8 x 8 uint8) with their ``labels``."""
     side = spec.canvas
-    pixels = background(rng, side, spec.noise_std)
+    pixels = smooth_background(rng, side, spec.noise_std, spec.background_grid)
     semantic = np.zeros((side, side), dtype=np.uint8)
     taken: list[tuple[int, int, int, int]] = []
     instances = []
@@ -116,10 +110,8 @@ def draw_scene(rng: np.random.Generator, digits: np.ndarray, labels: np.ndarray,
         pick = int(rng.integers(len(labels)))
         digit = int(labels[pick])
         taken.append((x, y, size, pick))
-        coverage = digit_coverage(digits[pick], size)
+        coverage = paint_digit(rng, pixels, digits[pick], x, y, size)
         window = (slice(y, y + size), slice(x, x + size))
-        colour = stroke_colour(rng, pixels[window])
-        pixels[window] = pixels[window] * (1 - coverage[..., None]) + colour * coverage[..., None]
         mask = np.zeros((side, side), dtype=bool)
         mask[window] = coverage >= STROKE_COVERAGE
         rim = np.zeros_like(mask)

@@ -1,14 +1,14 @@
 # Semantic FPN on digit scenes (twist.transfer.digit_scenes): the shipped VOC config, cut to what a
-# 2-core CPU and 112 px scenes of 10 digit classes demand. Everything not set here (the FPN neck and
+# 2-core CPU and 64 px scenes of 10 digit classes demand. Everything not set here (the FPN neck and
 # head, SGD with momentum 0.9 and weight decay 5e-4, poly decay, the augmentation pipeline) is the
 # VOC config's. Digits are written under the first ten VOC class names, so the real PascalVOCDataset
 # reads them with its class list cut to background + those ten.
 _base_ = ["../fpn_r50_twist_4xb4-20k_voc12aug-512x512.py"]
 num_classes = 11
 classes = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow")
-crop_size = (112, 112)
-scale = (448, 112)  # images are resized around 112 px (x0.5 to x2 when training), as 512 px for VOC
-max_iters = 600
+crop_size = (64, 64)
+scale = (256, 64)  # images are resized around 64 px (x0.5 to x2 when training), as 512 px for VOC
+max_iters = 1000
 data_root = "data/digit_scenes/VOCdevkit/VOC2012"
 
 data_preprocessor = dict(size=crop_size)

@@ -450,7 +450,8 @@ class Schema:
     def read_file(self, path: str) -> dict[str, Any]:
         """The mapping of sections in the YAML file at ``path``, or an error saying what the path holds instead."""
         names = [name for name, value in self.defaults.items() if isinstance(value, dict)]
-        sections = ", ".join(f"{name}:" for name in ([n for n in ("data", "model", "optim") if n in names] or names)[:3])
+        sections = ", ".join(f"{name}:"
+                             for name in ([n for n in ("data", "model", "optim") if n in names] or names)[:3])
         if os.path.isdir(path):
             found = sorted(n for n in os.listdir(path) if n.endswith((".yaml", ".yml")))
             inside = f" (it holds {', '.join(found[:4])}{' ...' if len(found) > 4 else ''})" if found else ""

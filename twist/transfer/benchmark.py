@@ -299,7 +299,8 @@ def write_report(bench: Benchmark, results: dict[str, list[tuple[str, dict[str, 
             lines += [f"## {task.capitalize()}", "", "Not run: Detectron2 is not installed.", ""]
             continue
         config = (bench.segmentation if task == "segmentation" else bench.detection)["config"]
-        lines += [f"## {task.capitalize()} ({config})", "", "| initialisation | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+        lines += [f"## {task.capitalize()} ({config})", "", "| initialisation | " + " | ".join(columns) + " |",
+                  "|---|" + "---:|" * len(columns)]
         lines += [f"| {name} | " + " | ".join(row_cells(summary, columns)) + " |" for name, summary in rows]
         chart = f"transfer_{task}.png"
         bar_chart(rows, metric, os.path.join(out_dir, chart))

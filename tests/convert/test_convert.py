@@ -9,7 +9,7 @@ import timm
 import torch
 import torchvision
 
-from tools.convert import main as convert_main
+from twist.cli.convert import main as convert_main
 from twist.convert import convert
 from twist.convert.detectron2 import rename_resnet_key
 from twist.convert.mmseg import rename_vit_key as mmseg_vit_key

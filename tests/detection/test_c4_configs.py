@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from detection.checks import (
+from tests.detection.test_configs import converted_names, write_pkl_of_shapes
+from twist_detection.checks import (
     TORCHVISION_MEAN,
     TORCHVISION_STD,
     check_backbone_fits,
@@ -15,8 +16,7 @@ from detection.checks import (
     resnet_shapes,
     resnet_values,
 )
-from detection.config_files import CONFIG_DIR, load_config_file, lookup
-from tests.detection.test_configs import converted_names, write_pkl_of_shapes
+from twist_detection.config_files import CONFIG_DIR, load_config_file, lookup
 
 C4_CONFIGS = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*_C4_*.yaml")))
 VOC_R50 = os.path.join(CONFIG_DIR, "voc_faster_rcnn_R_50_C4_24k.yaml")

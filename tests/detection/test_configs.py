@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from detection.checks import (
+from twist_detection.checks import (
     TORCHVISION_MEAN,
     TORCHVISION_STD,
     check_backbone_fits,
@@ -16,7 +16,7 @@ from detection.checks import (
     resnet_values,
     weights_author,
 )
-from detection.config_files import CONFIG_DIR, ConfigFileError, load_config_file, lookup
+from twist_detection.config_files import CONFIG_DIR, ConfigFileError, load_config_file, lookup
 
 RUN_CONFIGS = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))
                      if not os.path.basename(p).startswith("Base"))

@@ -22,15 +22,15 @@ SHORT = ["MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from detection.synthetic_data import write_all
     from twist.config import load_config
     from twist.engine.trainer import train
+    from twist_detection.synthetic_data import write_all
 
     root = tmp_path_factory.mktemp("d2")
     write_all(str(root / "datasets"), images=4, size=128)
     train(load_config(None, TINY + ["model.backbone=resnet50", "train.epochs=1", "data.num_samples=8"]),
           str(root / "run"))
-    subprocess.run([sys.executable, "-m", "twist_tools.convert", "--to", "detectron2",
+    subprocess.run([sys.executable, "-m", "twist.cli.convert", "--to", "detectron2",
                     str(root / "run" / "checkpoint.pth"), str(root / "r50.pkl")], check=True)
     yield root
     shutil.rmtree(root, ignore_errors=True)

@@ -176,7 +176,7 @@ def convert(init: Initialisation, checkpoint: str | None, target: str, runner: R
     out = os.path.join(runner.output_dir, "weights", f"{init.name}_{target}{suffix}")
     if not os.path.isfile(out):
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        runner.run(f"convert {init.name} to {target}", [sys.executable, "-m", "twist_tools.convert", "--to", target,
+        runner.run(f"convert {init.name} to {target}", [sys.executable, "-m", "twist.cli.convert", "--to", target,
                                                         checkpoint, out], f"convert_{init.name}_{target}.log")
     return out
 

@@ -6,8 +6,8 @@ then `twist-eval knn` and `linear` for every run and `cluster` where the method 
 all with configs/eval/digits.yaml. Each variant runs with several seeds; the tables give mean ± std
 over seeds. Finished runs are kept under --work-dir and reused, so an interrupted study resumes.
 
-    python -m tools.study                  # writes docs/study.md and docs/study.png
-    python -m tools.study --epochs 40 --seeds 0 1 2 3 4 --jobs 2
+    python -m twist_tools.study                  # writes docs/study.md and docs/study.png
+    python -m twist_tools.study --epochs 40 --seeds 0 1 2 3 4 --jobs 2
 """
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ def write_report(table: dict[str, list[dict]], args, plot_name: str, notes: str)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.study", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m twist_tools.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs of every run (default 20)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs at once; the cores are shared between them")
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    args.command = " ".join(["python -m tools.study", *argv])
+    args.command = " ".join(["python -m twist_tools.study", *argv])
     args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     variants = [v for v in VARIANTS if not args.only or v.name in args.only]
     jobs = [(v, s) for v in variants for s in args.seeds]

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test lint bench bench-gpu study transfer install clean
+.PHONY: demo demo-seeds test lint bench bench-gpu study transfer install clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
 
 demo: $(STAMP)
 	$(PY) -m twist.cli.train --config configs/demo/digits.yaml --output-dir $(DEMO_DIR)
+
+# The demo for seeds 0-4 at 1 and 2 threads, one run at a time (about 10 demo runs); writes docs/demo_seeds.md.
+demo-seeds: $(STAMP)
+	$(PY) -m twist_tools.demo_seeds
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -6,11 +6,11 @@ import sys
 import zipfile
 
 import pytest
-import tomllib
 
 from twist.config import ConfigError, load_config
 from twist.shipped_configs import resolve_config_path, shipped_config_dir, shipped_config_names
 
+tomllib = pytest.importorskip("tomllib")  # Python 3.11 on
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -89,3 +89,6 @@ def test_a_shipped_config_is_found_by_its_name(tmp_path, monkeypatch):
     assert load_config("demo/digits.yaml")["seed"] == 3
     with pytest.raises(ConfigError, match="'demo/nothing.yaml' does not exist here, nor among the shipped configs"):
         load_config("demo/nothing.yaml")
+    # a path that climbs is the user's, never a shipped name
+    assert resolve_config_path("configs/../demo/digits.yaml") == "configs/../demo/digits.yaml"
+    assert resolve_config_path("../configs/demo/digits.yaml") == "../configs/demo/digits.yaml"

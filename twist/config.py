@@ -460,7 +460,7 @@ class Schema:
             raise ConfigError(f"config file '{path}' is a directory; a YAML file is expected{inside}")
         if not os.path.isfile(path):
             shipped = shipped_config_dir()
-            hint = f" here, nor among the shipped configs in {shipped}" if shipped else ""
+            hint = f" here, nor among the shipped configs in {shipped}" if shipped and not os.path.isabs(path) else ""
             raise ConfigError(f"config file '{path}' does not exist{hint}")
         with open(path, encoding="utf-8") as f:
             try:

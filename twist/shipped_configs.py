@@ -8,6 +8,7 @@ there.
 from __future__ import annotations
 
 import os
+import sys
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _PLACES = (os.path.join(_PACKAGE, "configs"), os.path.join(os.path.dirname(_PACKAGE), "configs"))
@@ -29,10 +30,15 @@ def resolve_config_path(path: str) -> str:
     root = shipped_config_dir()
     if root is None:
         return path
-    relative = path.replace(os.sep, "/")
-    relative = relative[len("configs/"):] if relative.startswith("configs/") else relative
-    shipped = os.path.join(root, *relative.split("/"))
-    return shipped if os.path.isfile(shipped) else path
+    parts = [part for part in path.replace(os.sep, "/").split("/") if part not in ("", ".")]
+    if ".." in parts:  # a shipped name never climbs: 'x/../y' is the user's path, not ours
+        return path
+    parts = parts[1:] if parts[:1] == ["configs"] else parts
+    shipped = os.path.join(root, *parts)
+    if not os.path.isfile(shipped):
+        return path
+    print(f"twist: '{path}' is not here; using the shipped config {shipped}", file=sys.stderr)
+    return shipped
 
 
 def shipped_config_names() -> list[str]:

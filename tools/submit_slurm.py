@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                                cpus_per_task=args.cpus_per_task, timeout_min=args.timeout_min,
                                slurm_partition=args.partition, slurm_signal_delay_s=120, name="twist")
     # the job (and each requeue) reads the config from its own working directory: pass an absolute path
-    job = executor.submit(TrainingJob(os.path.abspath(resolve_config_path(args.config)), args.output_dir, args.overrides))
+    config = os.path.abspath(resolve_config_path(args.config))
+    job = executor.submit(TrainingJob(config, args.output_dir, args.overrides))
     print(f"submitted job {job.job_id}; logs in {executor.folder}")
     return 0
 

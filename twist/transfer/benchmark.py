@@ -31,6 +31,7 @@ import yaml
 from twist.atomic import atomic_write
 
 SCENES_DONE = "scenes.json"
+TIMINGS = "timings.json"
 
 
 class TransferError(RuntimeError):
@@ -101,12 +102,25 @@ def detectron2_available() -> bool:
 
 @dataclass
 class Runner:
-    """Runs the steps' commands, each logged to its own file, and stops the benchmark when one fails."""
+    """Runs the steps' commands, each logged to its own file, and stops the benchmark when one fails.
+
+    Each finished step's time is added to ``OUT/timings.json`` at once, so that a benchmark run over
+    several invocations still reports what all of its steps took.
+    """
 
     output_dir: str
     echo: Callable[[str], None] = print
 
     timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if os.path.isfile(self.timings_path):
+            with open(self.timings_path, encoding="utf-8") as f:
+                self.timings = json.load(f)
+
+    @property
+    def timings_path(self) -> str:
+        return os.path.join(self.output_dir, TIMINGS)
 
     def run(self, what: str, cmd: list[str], log_name: str, env: dict[str, str] | None = None) -> None:
         log_path = os.path.join(self.output_dir, "logs", log_name)
@@ -119,6 +133,7 @@ class Runner:
         self.timings[what] = time.perf_counter() - start
         if code != 0:
             raise TransferError(f"{what} failed with exit code {code}; see {log_path}")
+        atomic_write(self.timings_path, lambda f: json.dump(self.timings, f, indent=2), binary=False)
         self.echo(f"{what}: done in {self.timings[what]:.0f} s")
 
 
@@ -290,7 +305,7 @@ def write_report(bench: Benchmark, results: dict[str, list[tuple[str, dict[str, 
              f"Mean ± sample standard deviation over {bench.trials} trials per initialisation "
              f"({bench.scenes['train']} train and {bench.scenes['val']} val scenes). Written by", "",
              f"    {command}", "", f"on {machine} (bare ResNet-18 training at 64 px: {rate:.0f} images/s), "
-             f"in {minutes:.0f} minutes.", ""]
+             f"in {minutes:.0f} minutes (its steps' times, summed over every invocation).", ""]
     charts = []
     for task, columns, metric in (("segmentation", SEGMENTATION_COLUMNS, "mIoU"),
                                   ("detection", DETECTION_COLUMNS, "bbox/AP50")):
@@ -323,9 +338,8 @@ def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Ca
                   command: str = "") -> str:
     """Every step of the module doc; returns the report's path."""
     bench = load_benchmark(config)
-    start = time.perf_counter()
-    runner = Runner(output_dir, echo)
     os.makedirs(output_dir, exist_ok=True)
+    runner = Runner(output_dir, echo)
     rate = backbone_rate()
     echo(f"machine: bare ResNet-18 training at 64 px runs at {rate:.0f} images/s here")
     scenes = make_scenes(bench, os.path.join(output_dir, "data"), echo)
@@ -339,9 +353,7 @@ def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Ca
             weights = convert(init, checkpoint, "mmseg" if task == "segmentation" else "detectron2", runner)
             trials_dir = run_trials(init, weights, task, bench, runner, scenes)
             results[task].append((init.name, read_summary(trials_dir)))
-    minutes = (time.perf_counter() - start) / 60
-    timings = os.path.join(output_dir, "timings.json")
-    atomic_write(timings, lambda f: json.dump(runner.timings, f, indent=2), binary=False)
+    minutes = sum(runner.timings.values()) / 60
     return write_report(bench, results, output_dir, command or f"twist-trials transfer --config {config} "
                         f"--output-dir {output_dir}", machine_description(), rate, minutes, doc)
 

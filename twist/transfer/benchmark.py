@@ -130,11 +130,12 @@ class Runner:
         with open(log_path, "ab") as log:
             code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, **(env or {})}).returncode
-        self.timings[what] = time.perf_counter() - start
+        # added up: a step that a later invocation resumes (or finds done) costs what every invocation spent on it
+        self.timings[what] = self.timings.get(what, 0.0) + time.perf_counter() - start
         if code != 0:
             raise TransferError(f"{what} failed with exit code {code}; see {log_path}")
         atomic_write(self.timings_path, lambda f: json.dump(self.timings, f, indent=2), binary=False)
-        self.echo(f"{what}: done in {self.timings[what]:.0f} s")
+        self.echo(f"{what}: done in {time.perf_counter() - start:.0f} s")
 
 
 def scene_spec(scenes: dict[str, Any]):

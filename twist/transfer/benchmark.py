@@ -300,13 +300,18 @@ def bar_chart(rows: list[tuple[str, dict[str, Any]]], metric: str, path: str) ->
 
 
 def write_report(bench: Benchmark, results: dict[str, list[tuple[str, dict[str, Any]]]], out_dir: str,
-                 command: str, machine: str, rate: float, minutes: float, doc: str | None) -> str:
-    """``OUT/transfer.md`` (and ``doc``): the table, the chart, the command and the machine."""
+                 command: str, machine: str, rate: float, minutes: float, doc: str | None,
+                 pending: list[str] = ()) -> str:
+    """``OUT/transfer.md`` (and ``doc``): the table, the chart, the command and the machine, and the
+    initialisations not run yet, if any."""
     lines = ["# Transfer in miniature: digit scenes", "",
              f"Mean ± sample standard deviation over {bench.trials} trials per initialisation "
              f"({bench.scenes['train']} train and {bench.scenes['val']} val scenes). Written by", "",
              f"    {command}", "", f"on {machine} (bare ResNet-18 training at 64 px: {rate:.0f} images/s), "
              f"in {minutes:.0f} minutes (its steps' times, summed over every invocation).", ""]
+    if pending:
+        lines += [f"**Not finished yet:** {', '.join(pending)} (the command above, without --report-only, "
+                  "continues where the run stopped).", ""]
     charts = []
     for task, columns, metric in (("segmentation", SEGMENTATION_COLUMNS, "mIoU"),
                                   ("detection", DETECTION_COLUMNS, "bbox/AP50")):
@@ -336,8 +341,9 @@ def write_report(bench: Benchmark, results: dict[str, list[tuple[str, dict[str, 
 
 
 def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Callable[[str], None] = print,
-                  command: str = "") -> str:
-    """Every step of the module doc; returns the report's path."""
+                  command: str = "", report_only: bool = False) -> str:
+    """Every step of the module doc; returns the report's path. ``report_only``: run nothing, and report
+    the initialisations whose trials have finished, naming the others as not run yet."""
     bench = load_benchmark(config)
     os.makedirs(output_dir, exist_ok=True)
     runner = Runner(output_dir, echo)
@@ -348,7 +354,16 @@ def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Ca
     if "detection" not in tasks:
         echo("detection: skipped, Detectron2 is not installed (see the README's detection section)")
     results: dict[str, list[tuple[str, dict[str, Any]]]] = {task: [] for task in tasks}
+    pending: list[str] = []
     for init in bench.initialisations:
+        if report_only:
+            finished = [task for task in tasks
+                        if os.path.isfile(os.path.join(output_dir, task, init.name, "summary.json"))]
+            if finished != tasks:
+                pending.append(init.name)
+            for task in finished:
+                results[task].append((init.name, read_summary(os.path.join(output_dir, task, init.name))))
+            continue
         checkpoint = pretrain(init, bench, runner)
         for task in tasks:
             weights = convert(init, checkpoint, "mmseg" if task == "segmentation" else "detectron2", runner)
@@ -356,7 +371,7 @@ def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Ca
             results[task].append((init.name, read_summary(trials_dir)))
     minutes = sum(runner.timings.values()) / 60
     return write_report(bench, results, output_dir, command or f"twist-trials transfer --config {config} "
-                        f"--output-dir {output_dir}", machine_description(), rate, minutes, doc)
+                        f"--output-dir {output_dir}", machine_description(), rate, minutes, doc, pending)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,10 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/transfer/digit_scenes.yaml", help="the benchmark config")
     parser.add_argument("--output-dir", default="runs/transfer", help="every step's outputs; rerun to resume")
     parser.add_argument("--doc", help="also write the report here (e.g. docs/transfer.md), with its charts beside it")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: report the initialisations whose trials have finished, naming the others")
     args = parser.parse_args(argv)
     command = " ".join(["python -m twist.transfer.benchmark", *(argv if argv is not None else sys.argv[1:])])
     try:
-        report = run_benchmark(args.config, args.output_dir, args.doc, command=command)
+        report = run_benchmark(args.config, args.output_dir, args.doc, command=command, report_only=args.report_only)
     except TransferError as err:
         print(f"transfer: error: {err}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test bench bench-gpu study transfer install clean
+.PHONY: demo demo-seeds test lint bench bench-gpu study transfer install clean
 
 install: $(STAMP)
 
@@ -14,7 +14,7 @@ install: $(STAMP)
 # to the versions the suite was last run with. The seg extra (mmsegmentation on mmcv-lite, pure Python) is installed
 # so that the suite runs the MMSegmentation tests, and the wandb extra for its offline-run tests; Detectron2 is not on
 # the package index (see the README).
-$(STAMP): setup.py $(CONSTRAINTS)
+$(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=23"
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) torch==2.14.1 torchvision==0.29.1
@@ -24,8 +24,15 @@ $(STAMP): setup.py $(CONSTRAINTS)
 demo: $(STAMP)
 	$(PY) -m twist.cli.train --config configs/demo/digits.yaml --output-dir $(DEMO_DIR)
 
+# The demo for seeds 0-4 at 1 and 2 threads, one run at a time (about 10 demo runs); writes docs/demo_seeds.md.
+demo-seeds: $(STAMP)
+	$(PY) -m twist_tools.demo_seeds
+
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 bench: $(STAMP)
 	$(PY) bench/step_overhead.py
@@ -49,7 +56,7 @@ bench-gpu: $(STAMP)
 
 # TWIST vs Barlow Twins vs W-MSE and TWIST's ablations on digits, 3 seeds each: writes docs/study.md and docs/study.png.
 study: $(STAMP)
-	$(PY) -m tools.study
+	$(PY) -m twist_tools.study
 
 # Transfer in miniature: pretrain on the train digits, convert, five segmentation (and, with Detectron2,
 # detection) trials per initialisation on digit scenes; writes docs/transfer.md. Rerun to resume.

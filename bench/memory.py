@@ -83,7 +83,8 @@ def main():
     what = "peak allocated" if device.type == "cuda" else "saved activations"
     print(f"setting:  {args.backbone}, head {args.hidden_dim}/{args.num_classes}, {args.precision}; {what}; "
           f"per image = (figure at batch {large} - figure at batch {small}) / {large - small}")
-    print(f"{'views per image':<34}{'bare MiB/img':>14}{'TWIST MiB/img':>15}{'ratio':>8}{'TWIST MiB @' + str(large):>16}")
+    print(f"{'views per image':<34}{'bare MiB/img':>14}{'TWIST MiB/img':>15}{'ratio':>8}"
+          f"{'TWIST MiB @' + str(large):>16}")
     for name, crops in [(f"2 x {args.image_size} px", 0),
                         (f"2 x {args.image_size} + {args.local_crops} x {args.local_size} px", args.local_crops)]:
         setting = common + ["--local-crops", str(crops)]

@@ -5,10 +5,9 @@ Importing this module registers ``Res5ROIHeadsExtraNorm`` (``MODEL.ROI_HEADS.NAM
 """
 from __future__ import annotations
 
-from torch import nn
-
 from detectron2.layers import get_norm
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
+from torch import nn
 
 
 @ROI_HEADS_REGISTRY.register()

@@ -31,7 +31,7 @@ def check_label_values(label: np.ndarray, num_classes: int, path: str) -> None:
                               f"(0-{num_classes - 1}) and the ignore index {IGNORE_INDEX}")
 
 
-@TRANSFORMS.register_module(force=True)
+@TRANSFORMS.register_module()
 class CheckLabelRange(BaseTransform):
     def __init__(self, num_classes: int):
         self.num_classes = num_classes

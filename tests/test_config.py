@@ -37,13 +37,15 @@ def test_defaults_with_valid_dataset_load_unchanged():
     ("eval.epochs=3", "eval.epochs", "train.epochs"),
 ])
 def test_unknown_override_key_names_key_and_closest(override, key, suggestion):
-    with pytest.raises(ConfigError, match=rf"unknown config key '{re.escape(key)}'; did you mean '{re.escape(suggestion)}'\?"):
+    with pytest.raises(ConfigError,
+                       match=rf"unknown config key '{re.escape(key)}'; did you mean '{re.escape(suggestion)}'\?"):
         load_config(None, OK + [override])
 
 
 def test_unknown_key_in_yaml_file_names_file_key_and_suggestion(tmp_path):
     path = _write(tmp_path, "data:\n  dataset: synthetic\noptim:\n  lrr: 0.1\n")
-    with pytest.raises(ConfigError, match=rf"{re.escape(path)}: unknown config key 'optim.lrr'; did you mean 'optim.lr'\?"):
+    with pytest.raises(ConfigError,
+                       match=rf"{re.escape(path)}: unknown config key 'optim.lrr'; did you mean 'optim.lr'\?"):
         load_config(path)
 
 

@@ -82,7 +82,8 @@ def test_twist_recipes_normalise_nbs_over_the_authors_bunches(path):
     assert nbs_ranks_per_bunch(load_config(path), world) == ranks_per_bunch
 
 
-@pytest.mark.parametrize("path", ["configs/pretrain/barlow_twins_resnet50.yaml", "configs/demo/digits_barlow_twins.yaml"])
+@pytest.mark.parametrize("path", ["configs/pretrain/barlow_twins_resnet50.yaml",
+                                  "configs/demo/digits_barlow_twins.yaml"])
 def test_barlow_twins_recipes_use_barlow_twins_lars_rule(path):
     cfg = load_config(path)
     assert (cfg["optim"]["name"], cfg["optim"]["lars_rule"]) == ("lars", "barlow_twins")

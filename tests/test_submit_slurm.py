@@ -7,7 +7,7 @@ import pytest
 submitit = pytest.importorskip("submitit")
 
 from tests.conftest import TINY  # noqa: E402
-from tools.submit_slurm import TrainingJob, main  # noqa: E402
+from twist_tools.submit_slurm import TrainingJob, main  # noqa: E402
 
 
 def test_job_resubmits_itself_on_preemption():

@@ -12,8 +12,7 @@ import pytest
 
 import twist.trials as trials
 from twist.cli.trials import main as trials_main
-from twist.trials import (Detectron2Engine, Trial, TrialsError, read_detectron2_metrics, summarise,
-                          summary_markdown)
+from twist.trials import Detectron2Engine, Trial, TrialsError, read_detectron2_metrics, summarise, summary_markdown
 
 TRAIN_LINE = {"data_time": 0.01, "eta_seconds": 12.0, "fast_rcnn/cls_accuracy": 0.91, "fast_rcnn/fg_cls_accuracy": 0.5,
               "iteration": 19, "loss_box_reg": 0.21, "lr": 0.02, "total_loss": 0.9}
@@ -155,13 +154,16 @@ def test_dry_run_prints_the_pipeline_and_writes_nothing(tmp_path, capsys):
     from twist.models.backbones import build_backbone
 
     atomic_torch_save(build_backbone("resnet18").module.state_dict(), str(tmp_path / "backbone.pth"))
-    code = trials_main(["run", "--engine", "detectron2", "--config", "detection/configs/voc_faster_rcnn_R_50_FPN_24k.yaml",
+    code = trials_main(["run", "--engine", "detectron2",
+                        "--config", "detection/configs/voc_faster_rcnn_R_50_FPN_24k.yaml",
                         "--pretrained", str(tmp_path / "backbone.pth"), "--trials", "2", "--num-gpus", "8",
                         "--output-dir", str(tmp_path / "pipeline"), "--dry-run"])
     assert code == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == f"[dry run] twist-convert --to detectron2 {tmp_path}/backbone.pth {tmp_path}/pipeline/weights.pkl"
-    assert len(printed) == 3 and all("twist_detection.train_net" in line and "--num-gpus 8" in line for line in printed[1:])
+    assert printed[0] == (f"[dry run] twist-convert --to detectron2 {tmp_path}/backbone.pth "
+                          f"{tmp_path}/pipeline/weights.pkl")
+    assert len(printed) == 3
+    assert all("twist_detection.train_net" in line and "--num-gpus 8" in line for line in printed[1:])
     assert "SEED 1" in printed[2] and not (tmp_path / "pipeline").exists()
 
 

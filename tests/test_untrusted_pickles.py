@@ -142,7 +142,7 @@ def test_twist_eval_refuses_a_crafted_checkpoint(crafted, capsys, protocol):
 
 
 def test_twist_convert_refuses_a_crafted_checkpoint_for_every_target(crafted, capsys):
-    from tools.convert import main as convert_main
+    from twist.cli.convert import main as convert_main
     from twist.convert import TARGETS
 
     for name in ("pth", "pkl"):

@@ -15,8 +15,14 @@ import os
 import shutil
 import sys
 
-from twist.data.datasets import (LMDB_CLASSES_KEY, LMDB_LENGTH_KEY, DatasetError, ImageFolderSource,
-                                 encode_lmdb_record, lmdb_record_key)
+from twist.data.datasets import (
+    LMDB_CLASSES_KEY,
+    LMDB_LENGTH_KEY,
+    DatasetError,
+    ImageFolderSource,
+    encode_lmdb_record,
+    lmdb_record_key,
+)
 
 
 def build_lmdb(folder: str, output: str, commit_every: int = 1000) -> int:

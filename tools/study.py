@@ -6,8 +6,8 @@ then `twist-eval knn` and `linear` for every run and `cluster` where the method 
 all with configs/eval/digits.yaml. Each variant runs with several seeds; the tables give mean ± std
 over seeds. Finished runs are kept under --work-dir and reused, so an interrupted study resumes.
 
-    python -m tools.study                  # writes docs/study.md and docs/study.png
-    python -m tools.study --epochs 40 --seeds 0 1 2 3 4 --jobs 2
+    python -m twist_tools.study                  # writes docs/study.md and docs/study.png
+    python -m twist_tools.study --epochs 40 --seeds 0 1 2 3 4 --jobs 2
 """
 from __future__ import annotations
 
@@ -57,8 +57,9 @@ VARIANTS = [
     Variant("tau = 0.5", "tau", TWIST, ("loss.tau=0.5",)),
     Variant("tau = 2", "tau", TWIST, ("loss.tau=2.0",)),
 ]
-METRICS = [("cluster", "acc", "cluster ACC"), ("cluster", "nmi", "NMI"), ("cluster", "num_clusters_used", "clusters used"),
-           ("knn", "top1", "kNN top-1"), ("linear", "top1", "linear top-1")]
+METRICS = [("cluster", "acc", "cluster ACC"), ("cluster", "nmi", "NMI"),
+           ("cluster", "num_clusters_used", "clusters used"), ("knn", "top1", "kNN top-1"),
+           ("linear", "top1", "linear top-1")]
 
 
 def slug(text: str) -> str:
@@ -149,7 +150,8 @@ def write_report(table: dict[str, list[dict]], args, plot_name: str, notes: str)
         "# Study: TWIST, Barlow Twins and W-MSE on digits, and TWIST's ablations",
         "",
         f"Regenerate with `{args.command}`: {len(seconds)} runs, about {minutes:.0f} minutes with "
-        f"{args.jobs} at a time on the machine below (finished runs under `{args.work_dir}` are reused). Every variant trains the shipped digits demo config "
+        f"{args.jobs} at a time on the machine below (finished runs under `{args.work_dir}` are reused). "
+        "Every variant trains the shipped digits demo config "
         f"(ResNet-18, 24 px, batch 256, the demo's augmentation) for {args.epochs} epochs with seeds "
         f"{', '.join(map(str, args.seeds))}; only the objective or the one setting named changes. kNN and "
         f"linear are scored on the held-out 355-image `val` split after training on the 1,442-image "
@@ -183,7 +185,7 @@ def write_report(table: dict[str, list[dict]], args, plot_name: str, notes: str)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.study", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m twist_tools.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs of every run (default 20)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs at once; the cores are shared between them")
@@ -194,11 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    args.command = " ".join(["python -m tools.study", *argv])
+    args.command = " ".join(["python -m twist_tools.study", *argv])
     args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     variants = [v for v in VARIANTS if not args.only or v.name in args.only]
     jobs = [(v, s) for v in variants for s in args.seeds]
-    print(f"{len(jobs)} runs of {args.epochs} epochs, {args.jobs} at a time with {args.threads} threads each", flush=True)
+    print(f"{len(jobs)} runs of {args.epochs} epochs, {args.jobs} at a time with {args.threads} threads each",
+          flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {job: pool.submit(run_one, *job, args.epochs, args.work_dir, args.threads) for job in jobs}
         results = {job: future.result() for job, future in futures.items()}

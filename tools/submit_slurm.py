@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print("submit_slurm: submitit is not installed; pip install 'twist[slurm]'", file=sys.stderr)
         return 2
     from twist.config import ConfigError, load_config
+    from twist.shipped_configs import resolve_config_path
 
     try:
         load_config(args.config, args.overrides)  # fail here, not on the cluster
@@ -74,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     executor.update_parameters(nodes=args.nodes, tasks_per_node=args.gpus_per_node, gpus_per_node=args.gpus_per_node,
                                cpus_per_task=args.cpus_per_task, timeout_min=args.timeout_min,
                                slurm_partition=args.partition, slurm_signal_delay_s=120, name="twist")
-    job = executor.submit(TrainingJob(args.config, args.output_dir, args.overrides))
+    # the job (and each requeue) reads the config from its own working directory: pass an absolute path
+    config = os.path.abspath(resolve_config_path(args.config))
+    job = executor.submit(TrainingJob(config, args.output_dir, args.overrides))
     print(f"submitted job {job.job_id}; logs in {executor.folder}")
     return 0
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import yaml
 
 from twist.atomic import atomic_write
+from twist.shipped_configs import resolve_config_path, shipped_config_dir
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -450,13 +451,17 @@ class Schema:
     def read_file(self, path: str) -> dict[str, Any]:
         """The mapping of sections in the YAML file at ``path``, or an error saying what the path holds instead."""
         names = [name for name, value in self.defaults.items() if isinstance(value, dict)]
-        sections = ", ".join(f"{name}:" for name in ([n for n in ("data", "model", "optim") if n in names] or names)[:3])
+        sections = ", ".join(f"{name}:"
+                             for name in ([n for n in ("data", "model", "optim") if n in names] or names)[:3])
+        path = resolve_config_path(path)
         if os.path.isdir(path):
             found = sorted(n for n in os.listdir(path) if n.endswith((".yaml", ".yml")))
             inside = f" (it holds {', '.join(found[:4])}{' ...' if len(found) > 4 else ''})" if found else ""
             raise ConfigError(f"config file '{path}' is a directory; a YAML file is expected{inside}")
         if not os.path.isfile(path):
-            raise ConfigError(f"config file '{path}' does not exist")
+            shipped = shipped_config_dir()
+            hint = f" here, nor among the shipped configs in {shipped}" if shipped and not os.path.isabs(path) else ""
+            raise ConfigError(f"config file '{path}' does not exist{hint}")
         with open(path, encoding="utf-8") as f:
             try:
                 data = read_yaml(f)

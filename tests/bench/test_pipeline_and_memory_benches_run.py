@@ -22,8 +22,8 @@ def test_data_pipeline_benchmark_measures_the_step_rate_of_the_configs_model(tmp
     config = tmp_path / "small.yaml"
     config.write_text("model:\n  backbone: resnet18\n  head:\n    hidden_dim: 32\n    num_classes: 16\n"
                       "data:\n  image_size: 32\naugment:\n  pipeline: barlow\n  local_size: 16\n")
-    out = _run("bench/data_pipeline.py", "--config", str(config), "--images", "4", "--rounds", "1", "--local-crops", "2",
-               "--batch-size", "4", "--measure-step", "--step-batch-size", "4")
+    out = _run("bench/data_pipeline.py", "--config", str(config), "--images", "4", "--rounds", "1",
+               "--local-crops", "2", "--batch-size", "4", "--measure-step", "--step-batch-size", "4")
     assert "two views, 2 x 32" in out and "multi-crop, 2 x 32 + 2 x 16" in out
     rates = out.split("batch 4: ")[1].split(" images/s")[0]
     assert all(float(rate) > 0 for rate in rates.split(", ")), rates

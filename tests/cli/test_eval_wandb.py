@@ -1,7 +1,6 @@
 """``twist-eval ... --wandb offline``: the results in an offline W&B run beside results.json."""
 import glob
 import json
-import os
 
 import pytest
 

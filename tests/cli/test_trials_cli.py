@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 
-from tests.test_trials import fake_engine  # noqa: F401  (the fixture)
 from twist.cli.trials import main as trials_main
 
 

@@ -9,7 +9,7 @@ import timm
 import torch
 import torchvision
 
-from tools.convert import main as convert_main
+from twist.cli.convert import main as convert_main
 from twist.convert import convert
 from twist.convert.detectron2 import rename_resnet_key
 from twist.convert.mmseg import rename_vit_key as mmseg_vit_key
@@ -106,7 +106,8 @@ def test_resnet50w2_to_detectron2_and_mmseg_prints_the_widths(tmp_path, capsys):
         assert key in printed
     with open(tmp_path / "w2.pkl", "rb") as f:
         model = pickle.load(f)["model"]
-    assert model["stem.conv1.weight"].shape == (128, 3, 7, 7) and model["res5.0.conv3.weight"].shape == (4096, 1024, 1, 1)
+    assert model["stem.conv1.weight"].shape == (128, 3, 7, 7)
+    assert model["res5.0.conv3.weight"].shape == (4096, 1024, 1, 1)
     assert _convert("mmseg", path, tmp_path / "w2_mmseg.pth") == 0
     assert "stem_channels=128, base_channels=128" in capsys.readouterr().out
 
@@ -244,11 +245,13 @@ def test_other_codebases_prefixes_and_the_teacher_are_found(tmp_path, capsys):
     moco |= {"module.encoder_q.fc.0.weight": torch.zeros(4, 512), "module.queue": torch.zeros(8, 4)}
     torch.save({"state_dict": moco}, tmp_path / "moco.pth")
     assert _convert("torchvision", tmp_path / "moco.pth", tmp_path / "a.pth") == 0
-    assert torch.equal(torch.load(tmp_path / "a.pth", weights_only=True)["conv1.weight"], net.state_dict()["conv1.weight"])
+    assert torch.equal(torch.load(tmp_path / "a.pth", weights_only=True)["conv1.weight"],
+                       net.state_dict()["conv1.weight"])
 
     torch.save({"backbone": net.state_dict(), "teacher_backbone": other.state_dict()}, tmp_path / "run.pth")
     assert _convert("timm", tmp_path / "run.pth", tmp_path / "t.pth", "--teacher") == 0
-    assert torch.equal(torch.load(tmp_path / "t.pth", weights_only=True)["conv1.weight"], other.state_dict()["conv1.weight"])
+    assert torch.equal(torch.load(tmp_path / "t.pth", weights_only=True)["conv1.weight"],
+                       other.state_dict()["conv1.weight"])
     assert convert_main(["--inspect", str(tmp_path / "moco.pth")]) == 0
     shown = capsys.readouterr().out
     assert "module.encoder_q. stripped" in shown and "resnet18" in shown and "fc.0.weight" in shown

@@ -2,7 +2,7 @@
 import os
 
 from tests.engine.test_nonfinite_weights import _diverged_backbone
-from tools.convert import main as convert_main
+from twist.cli.convert import main as convert_main
 
 
 def _one_error_line(capsys) -> str:

@@ -9,9 +9,20 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from twist.config import load_config
-from twist.data import (CorruptImageError, DatasetError, DigitsSource, EpochSampler, EvalDataset,
-                        ImageFolderSource, SyntheticSource, ViewsDataset, build_eval_transform, build_source,
-                        build_train_transform, collate_views)
+from twist.data import (
+    CorruptImageError,
+    DatasetError,
+    DigitsSource,
+    EpochSampler,
+    EvalDataset,
+    ImageFolderSource,
+    SyntheticSource,
+    ViewsDataset,
+    build_eval_transform,
+    build_source,
+    build_train_transform,
+    collate_views,
+)
 from twist.data.datasets import SkippedImage
 from twist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 

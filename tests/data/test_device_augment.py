@@ -7,10 +7,26 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from twist.config import ConfigError, load_config
-from twist.data.device_augment import (BRIGHTNESS, CONTRAST, HUE, JITTER, ORDER, PLAN_WIDTH, SATURATION,
-                                       DeviceAugment, adjust_brightness, adjust_contrast, adjust_hue,
-                                       adjust_saturation, build_view_planner, collate_planned, color_jitter,
-                                       crop_and_resize, gaussian_blur, view_sizes)
+from twist.data.device_augment import (
+    BRIGHTNESS,
+    CONTRAST,
+    HUE,
+    JITTER,
+    ORDER,
+    PLAN_WIDTH,
+    SATURATION,
+    DeviceAugment,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    build_view_planner,
+    collate_planned,
+    color_jitter,
+    crop_and_resize,
+    gaussian_blur,
+    view_sizes,
+)
 from twist.data.transforms import build_train_transform
 
 CFG = ["data.dataset=synthetic", "data.image_size=64", "augment.local_crops=2", "augment.local_size=32"]
@@ -67,7 +83,8 @@ def test_blur_with_per_sample_sigma_equals_torchvisions_gaussian_blur_with_repea
         expected = TF.gaussian_blur(padded[i], [2 * radius + 1] * 2, [float(sigma[i])] * 2)
         torch.testing.assert_close(out[i], expected[:, radius:-radius, radius:-radius], rtol=0, atol=1e-5)
     torch.testing.assert_close(out[3], x[3])  # sigma 0: unchanged
-    assert gaussian_blur(_images(n=2, size=4), torch.tensor([2.0, 1.0])).shape == (2, 3, 4, 4)  # smaller than the kernel
+    # images smaller than the kernel
+    assert gaussian_blur(_images(n=2, size=4), torch.tensor([2.0, 1.0])).shape == (2, 3, 4, 4)
 
 
 def test_crop_and_resize_is_close_to_antialiased_resized_crop():

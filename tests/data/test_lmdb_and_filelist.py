@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tools.build_lmdb import build_lmdb
 from twist.config import load_config
 from twist.data import CorruptImageError, DatasetError, ViewsDataset, build_source, build_train_transform, collate_views
 from twist.data.datasets import FileListSource, LMDBSource, encode_lmdb_record, lmdb_record_key
+from twist_tools.build_lmdb import build_lmdb
 
 
 def _folder(root, classes=("cat", "dog"), per_class=3, size=12):

@@ -6,10 +6,17 @@ import os
 
 import pytest
 
-from detection.checks import (TORCHVISION_MEAN, TORCHVISION_STD, check_backbone_fits, check_weights_fit_config,
-                              config_problems, resnet_shapes, resnet_values)
-from detection.config_files import CONFIG_DIR, load_config_file, lookup
 from tests.detection.test_configs import converted_names, write_pkl_of_shapes
+from twist_detection.checks import (
+    TORCHVISION_MEAN,
+    TORCHVISION_STD,
+    check_backbone_fits,
+    check_weights_fit_config,
+    config_problems,
+    resnet_shapes,
+    resnet_values,
+)
+from twist_detection.config_files import CONFIG_DIR, load_config_file, lookup
 
 C4_CONFIGS = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*_C4_*.yaml")))
 VOC_R50 = os.path.join(CONFIG_DIR, "voc_faster_rcnn_R_50_C4_24k.yaml")
@@ -50,7 +57,8 @@ def test_every_c4_config_is_the_moco_c4_protocol_with_torchvision_keys(path):
     assert lookup(cfg, "INPUT.FORMAT") == "RGB" and lookup(cfg, "MODEL.RESNETS.STRIDE_IN_1X1") is False
     assert lookup(cfg, "MODEL.WEIGHTS") == "" and lookup(cfg, "MODEL.BACKBONE.FREEZE_AT") == 0
     assert lookup(cfg, "MODEL.BACKBONE.NAME") == "build_resnet_backbone"
-    assert lookup(cfg, "MODEL.RESNETS.OUT_FEATURES") == ["res4"] and lookup(cfg, "MODEL.ROI_HEADS.IN_FEATURES") == ["res4"]
+    assert lookup(cfg, "MODEL.RESNETS.OUT_FEATURES") == ["res4"]
+    assert lookup(cfg, "MODEL.ROI_HEADS.IN_FEATURES") == ["res4"]
     assert lookup(cfg, "MODEL.RPN.IN_FEATURES") == ["res4"]
     assert lookup(cfg, "MODEL.ROI_HEADS.NAME") == "Res5ROIHeadsExtraNorm"
     assert lookup(cfg, "MODEL.RESNETS.NORM") == "SyncBN" and lookup(cfg, "MODEL.FPN") is None
@@ -68,7 +76,8 @@ def test_coco_c4_configs_are_mask_rcnn_1x_or_2x(path):
     cfg = load_config_file(path)
     assert lookup(cfg, "MODEL.MASK_ON") is True
     assert lookup(cfg, "DATASETS.TRAIN") == ("coco_2017_train",) and lookup(cfg, "DATASETS.TEST") == ("coco_2017_val",)
-    assert lookup(cfg, "INPUT.MIN_SIZE_TRAIN") == tuple(range(640, 801, 32)) and lookup(cfg, "INPUT.MIN_SIZE_TEST") == 800
+    assert lookup(cfg, "INPUT.MIN_SIZE_TRAIN") == tuple(range(640, 801, 32))
+    assert lookup(cfg, "INPUT.MIN_SIZE_TEST") == 800
     two_x = "_2x" in path
     assert lookup(cfg, "SOLVER.MAX_ITER") == (180000 if two_x else 90000)
     assert lookup(cfg, "SOLVER.STEPS") == ((120000, 160000) if two_x else (60000, 80000))

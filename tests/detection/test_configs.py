@@ -5,11 +5,21 @@ import os
 
 import pytest
 
-from detection.checks import (TORCHVISION_MEAN, TORCHVISION_STD, check_backbone_fits, check_weights_fit_config,
-                              config_problems, dataset_problems, resnet_shapes, resnet_values, weights_author)
-from detection.config_files import CONFIG_DIR, ConfigFileError, load_config_file, lookup
+from twist_detection.checks import (
+    TORCHVISION_MEAN,
+    TORCHVISION_STD,
+    check_backbone_fits,
+    check_weights_fit_config,
+    config_problems,
+    dataset_problems,
+    resnet_shapes,
+    resnet_values,
+    weights_author,
+)
+from twist_detection.config_files import CONFIG_DIR, ConfigFileError, load_config_file, lookup
 
-RUN_CONFIGS = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml")) if not os.path.basename(p).startswith("Base"))
+RUN_CONFIGS = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))
+                     if not os.path.basename(p).startswith("Base"))
 FPN_CONFIGS = [p for p in RUN_CONFIGS if "_FPN_" in p]  # the C4 ones: tests/detection/test_c4_configs.py
 R50_CONFIG = os.path.join(CONFIG_DIR, "voc_faster_rcnn_R_50_FPN_24k.yaml")
 R50W2_CONFIG = os.path.join(CONFIG_DIR, "voc_faster_rcnn_R_50w2_FPN_24k.yaml")
@@ -82,7 +92,8 @@ def test_voc_configs_follow_the_24k_protocol(path):
     assert lookup(cfg, "DATASETS.TEST") == ("voc_2007_test",)
     assert (lookup(cfg, "SOLVER.MAX_ITER"), lookup(cfg, "SOLVER.STEPS"), lookup(cfg, "SOLVER.WARMUP_ITERS")) == (
         24000, (18000, 22000), 100)
-    assert lookup(cfg, "INPUT.MIN_SIZE_TRAIN") == tuple(range(480, 801, 32)) and lookup(cfg, "INPUT.MIN_SIZE_TEST") == 800
+    assert lookup(cfg, "INPUT.MIN_SIZE_TRAIN") == tuple(range(480, 801, 32))
+    assert lookup(cfg, "INPUT.MIN_SIZE_TEST") == 800
 
 
 @pytest.mark.parametrize("path", [p for p in FPN_CONFIGS if "coco" in p], ids=os.path.basename)
@@ -102,8 +113,8 @@ def test_a_missing_base_is_named(tmp_path):
 
 
 def test_detectron2_defaults_are_refused_for_torchvision_style_weights(tmp_path):
-    defaults = {"INPUT.FORMAT": "BGR", "MODEL.PIXEL_MEAN": [103.53, 116.28, 123.675], "MODEL.PIXEL_STD": [1.0, 1.0, 1.0],
-                "MODEL.RESNETS.STRIDE_IN_1X1": True}
+    defaults = {"INPUT.FORMAT": "BGR", "MODEL.PIXEL_MEAN": [103.53, 116.28, 123.675],
+                "MODEL.PIXEL_STD": [1.0, 1.0, 1.0], "MODEL.RESNETS.STRIDE_IN_1X1": True}
     problems = config_problems(defaults.get)
     assert len(problems) == 4 and "INPUT.FORMAT is 'BGR', must be 'RGB'" in problems
     write_pkl_of_shapes(tmp_path / "w.pkl", converted_names("resnet50"))

@@ -5,8 +5,8 @@ from xml.etree import ElementTree
 
 from PIL import Image
 
-from detection.checks import dataset_problems
-from detection.synthetic_data import COCO_CATEGORIES, VOC_CLASS_OF_SHAPE, write_all
+from twist_detection.checks import dataset_problems
+from twist_detection.synthetic_data import COCO_CATEGORIES, VOC_CLASS_OF_SHAPE, write_all
 
 VOC_CLASSES = {"aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"}

@@ -22,15 +22,16 @@ SHORT = ["MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from detection.synthetic_data import write_all
     from twist.config import load_config
     from twist.engine.trainer import train
+    from twist_detection.synthetic_data import write_all
 
     root = tmp_path_factory.mktemp("d2")
     write_all(str(root / "datasets"), images=4, size=128)
-    train(load_config(None, TINY + ["model.backbone=resnet50", "train.epochs=1", "data.num_samples=8"]), str(root / "run"))
-    subprocess.run([sys.executable, "-m", "twist_tools.convert", "--to", "detectron2", str(root / "run" / "checkpoint.pth"),
-                    str(root / "r50.pkl")], check=True)
+    train(load_config(None, TINY + ["model.backbone=resnet50", "train.epochs=1", "data.num_samples=8"]),
+          str(root / "run"))
+    subprocess.run([sys.executable, "-m", "twist.cli.convert", "--to", "detectron2",
+                    str(root / "run" / "checkpoint.pth"), str(root / "r50.pkl")], check=True)
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
@@ -88,7 +89,8 @@ def test_two_short_trials_are_summarised(setup):
     from twist.cli.trials import main as trials_main
 
     os.environ["DETECTRON2_DATASETS"] = str(setup / "datasets")
-    code = trials_main(["run", "--engine", "detectron2", "--config", "detection/configs/voc_faster_rcnn_R_50_FPN_24k.yaml",
+    code = trials_main(["run", "--engine", "detectron2",
+                        "--config", "detection/configs/voc_faster_rcnn_R_50_FPN_24k.yaml",
                         "--weights", str(setup / "r50.pkl"), "--trials", "2", "--output-dir", str(setup / "trials"),
                         *SHORT])
     assert code == 0

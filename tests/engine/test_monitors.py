@@ -3,7 +3,6 @@ learns on detached features, and neither changes what the run trains."""
 import json
 import os
 
-import pytest
 import torch
 from torch import nn
 

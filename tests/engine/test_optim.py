@@ -9,8 +9,14 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from twist.config import DEFAULTS
-from twist.engine.optim import (LARS, BarlowTwinsLARS, apply_schedules, build_optimizer, build_schedules, split_decay_groups)
-
+from twist.engine.optim import (
+    LARS,
+    BarlowTwinsLARS,
+    apply_schedules,
+    build_optimizer,
+    build_schedules,
+    split_decay_groups,
+)
 
 # ---- LARS ------------------------------------------------------------------------------------------
 
@@ -387,7 +393,8 @@ def test_build_lars_groups():
     assert (g1["weight_decay"], g1["lars_exclude"]) == (0.03, False)
 
 
-@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
+                                       ("adamw", torch.optim.AdamW)])
 def test_build_sgd_and_adamw_with_two_groups(name, cls):
     model = _TinyViTish()
     opt = build_optimizer(model, _optim_cfg(name=name, weight_decay=0.04, momentum=0.7))

@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from twist.eval.metrics import (cluster_metrics, cluster_to_class, contingency, hungarian_accuracy, hungarian_matching,
-                                majority_accuracy, mapped_topk_accuracy)
+from twist.eval.metrics import (
+    cluster_metrics,
+    cluster_to_class,
+    contingency,
+    hungarian_accuracy,
+    hungarian_matching,
+    majority_accuracy,
+    mapped_topk_accuracy,
+)
 
 
 def brute_force_accuracy(labels, preds):

@@ -7,7 +7,7 @@ from twist.losses.self_label import SelfLabelLoss, quantile_threshold
 
 def reference_self_label(logits, quantile, tau, anchors=None):
     """Sample by sample, in float64 numpy: the procedure of the reference's self-labeling stage."""
-    logits = [l.detach().double().numpy() for l in logits]
+    logits = [view_logits.detach().double().numpy() for view_logits in logits]
     anchors = logits[:2] if anchors is None else [a.detach().double().numpy() for a in anchors]
 
     def softmax(x):

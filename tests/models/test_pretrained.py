@@ -6,8 +6,14 @@ import torch
 
 from twist.engine.checkpoint import CheckpointError
 from twist.models.backbones import build_backbone
-from twist.models.pretrained import (detect_architecture, load_backbone_weights, load_into, locate_backbone,
-                                     read_checkpoint, strip_prefixes)
+from twist.models.pretrained import (
+    detect_architecture,
+    load_backbone_weights,
+    load_into,
+    locate_backbone,
+    read_checkpoint,
+    strip_prefixes,
+)
 
 
 def _state(name, small_input=False, image_size=224):

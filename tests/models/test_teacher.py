@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from twist.config import load_config
-from twist.models import build_model
 from twist.engine.optim import momentum_schedule
+from twist.models import build_model
 from twist.models.teacher import EMATeacher
 
 

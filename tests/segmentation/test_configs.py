@@ -58,7 +58,7 @@ def test_config_is_semantic_fpn_on_a_pytorch_style_resnet_with_syncbn(path):
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    from tools.convert import main as convert_main
+    from twist.cli.convert import main as convert_main
 
     out = tmp_path_factory.mktemp("weights")
     files = {}

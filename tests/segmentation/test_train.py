@@ -19,8 +19,8 @@ CITYSCAPES = os.path.join(CONFIG_DIR, "fpn_r50_twist_4xb2-40k_cityscapes-512x102
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from segmentation.synthetic_data import write_all
-    from tools.convert import main as convert_main
+    from twist.cli.convert import main as convert_main
+    from twist_segmentation.synthetic_data import write_all
 
     root = tmp_path_factory.mktemp("seg")
     write_all(str(root / "data"), images=3)

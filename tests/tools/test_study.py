@@ -4,7 +4,7 @@ import json
 import os
 import statistics
 
-from tools.study import main
+from twist_tools.study import main
 
 
 def _row(report: str, name: str) -> list[str]:

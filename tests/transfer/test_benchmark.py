@@ -62,9 +62,21 @@ def test_the_whole_chain_at_toy_size(tmp_path):
         assert "Not run: Detectron2 is not installed." in text
     else:
         assert "bbox/AP50" in text
+    # Every step's time was kept as it finished; the report gives their sum.
+    timings = json.loads((out / "timings.json").read_text())
+    assert {"pretrain twist", "convert twist to mmseg", "segmentation twist", "segmentation random"} <= set(timings)
+    assert f"in {sum(timings.values()) / 60:.0f} minutes (its steps' times, summed over every invocation)" in text
     # A second call finds every step done and writes the same table.
     again = run_benchmark(_toy(tmp_path), str(out), echo=lambda line: None)
     assert open(again).read().split("## Segmentation")[1] == text.split("## Segmentation")[1]
+    # --report-only runs nothing: an initialisation without trials is named, not averaged or started.
+    config = yaml.safe_load(open(_toy(tmp_path)))
+    config["initialisations"]["wmse"] = {"pretrain": "configs/demo/digits_wmse.yaml"}
+    (tmp_path / "more.yaml").write_text(yaml.safe_dump(config))
+    partial = open(run_benchmark(str(tmp_path / "more.yaml"), str(out), echo=lambda line: None,
+                                 report_only=True)).read()
+    assert "**Not finished yet:** wmse" in partial and "| twist |" in partial and "| wmse |" not in partial
+    assert not (out / "pretrain" / "wmse").exists()
 
 
 def test_a_benchmark_config_with_a_wrong_key_is_named(tmp_path):

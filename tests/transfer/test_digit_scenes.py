@@ -11,8 +11,18 @@ import pytest
 from PIL import Image
 
 from twist.data.datasets import DigitsSource
-from twist.transfer.digit_scenes import (IGNORE, RIM_COVERAGE, STROKE_COVERAGE, VOC_NAMES, SceneSpec, coco_rle,
-                                         digit_coverage, draw_scene, make_scenes, write_digit_scenes)
+from twist.transfer.digit_scenes import (
+    IGNORE,
+    RIM_COVERAGE,
+    STROKE_COVERAGE,
+    VOC_NAMES,
+    SceneSpec,
+    coco_rle,
+    digit_coverage,
+    draw_scene,
+    make_scenes,
+    write_digit_scenes,
+)
 
 
 @pytest.fixture(scope="module")

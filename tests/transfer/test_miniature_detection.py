@@ -21,7 +21,7 @@ SHORT = ["MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", 
 def test_two_iterations_on_digit_scenes_with_every_backbone_tensor_loaded(tmp_path):
     write_digit_scenes(str(tmp_path / "datasets"), train=4, val=3)
     atomic_torch_save({"backbone": build_backbone("resnet18").module.state_dict()}, str(tmp_path / "ckpt.pth"))
-    subprocess.run([sys.executable, "-m", "twist_tools.convert", "--to", "detectron2", str(tmp_path / "ckpt.pth"),
+    subprocess.run([sys.executable, "-m", "twist.cli.convert", "--to", "detectron2", str(tmp_path / "ckpt.pth"),
                     str(tmp_path / "r18.pkl")], check=True, capture_output=True)
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "twist_detection.train_net", "--config-file", CONFIG,

@@ -6,9 +6,9 @@ import sys
 
 import torch
 
+from twist.atomic import OutputError, as_output_error
 from twist.config import ConfigError, load_config
 from twist.data import CorruptImageError, DatasetError
-from twist.atomic import OutputError, as_output_error
 from twist.engine.checkpoint import CheckpointError, UnsafeCheckpointError
 from twist.engine.run_lock import RunFolderLocked
 from twist.engine.trainer import TrainingDiverged, train

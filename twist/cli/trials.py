@@ -21,8 +21,21 @@ import argparse
 import os
 import sys
 
-from twist.trials import (ENGINES, MANIFEST, SUMMARY_MD, TrialsError, TrialsSetup, check_setup, chosen_trials,
-                          engine_named, ignored_folders, read_manifest, read_trials, run_trials, write_summary)
+from twist.trials import (
+    ENGINES,
+    MANIFEST,
+    SUMMARY_MD,
+    TrialsError,
+    TrialsSetup,
+    check_setup,
+    chosen_trials,
+    engine_named,
+    ignored_folders,
+    read_manifest,
+    read_trials,
+    run_trials,
+    write_summary,
+)
 
 CONVERT_SUFFIX = {"detectron2": ".pkl", "mmseg": ".pth"}
 

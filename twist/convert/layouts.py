@@ -63,7 +63,8 @@ def resnet_tensors(arch: Architecture) -> list[ResNetTensor]:
             else:
                 convs = [("conv1", (planes, inputs, 3, 3)), ("conv2", (planes, planes, 3, 3))]
             for layer, shape in convs:
-                out += [ResNetTensor(stage, block, layer, False, "weight", shape), *_norm(stage, block, layer, shape[0])]
+                out += [ResNetTensor(stage, block, layer, False, "weight", shape),
+                        *_norm(stage, block, layer, shape[0])]
             if block == 0 and (stage > 1 or inputs != width_out):  # a stride or a change of width
                 out += [ResNetTensor(stage, block, "shortcut", False, "weight", (width_out, inputs, 1, 1)),
                         *_norm(stage, block, "shortcut", width_out)]

@@ -138,7 +138,8 @@ def build_eval_transform(cfg: dict[str, Any]) -> T.Compose:
 
 
 def build_classification_transforms(pipeline: str, size: int, crop_scale: tuple[float, float], hflip: float,
-                                    interpolation: str = "bilinear", backdrop: float = 0.0) -> tuple[T.Compose, T.Compose]:
+                                    interpolation: str = "bilinear",
+                                    backdrop: float = 0.0) -> tuple[T.Compose, T.Compose]:
     """(training view, evaluation view) of the supervised protocols (linear probe, fine-tuning).
 
     Training: random-resized crop of ``crop_scale`` and a horizontal flip with probability ``hflip``

@@ -53,7 +53,8 @@ def _globals_of_one_pickle(stream: IO[bytes]) -> list[str]:
             pushed.append(None)
         elif name == "STACK_GLOBAL":
             module, attr = (pushed[-2:] if len(pushed) >= 2 else [None, None])
-            found.append(f"{module}.{attr}" if isinstance(module, str) and isinstance(attr, str) else "an unnamed global")
+            found.append(f"{module}.{attr}" if isinstance(module, str) and isinstance(attr, str)
+                         else "an unnamed global")
             pushed.append(None)
         elif name in _STRING_OPS:
             pushed.append(arg if isinstance(arg, str) else arg.decode("latin-1"))

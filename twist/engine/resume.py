@@ -12,7 +12,13 @@ from typing import Any, Mapping
 import torch
 
 from twist.config import ConfigError, resume_changes
-from twist.engine.checkpoint import CheckpointError, describe_tensors, load_weights_only, nonfinite_tensors, set_rng_state
+from twist.engine.checkpoint import (
+    CheckpointError,
+    describe_tensors,
+    load_weights_only,
+    nonfinite_tensors,
+    set_rng_state,
+)
 from twist.engine.run_lock import LOCK_NAME
 
 PREVIOUS = "previous"

@@ -23,8 +23,15 @@ from twist.config import ConfigError, save_config
 from twist.data import DatasetError, EpochSampler, ViewsDataset, build_source, build_train_transform, collate_views
 from twist.data.datasets import SkippedImage
 from twist.data.device_augment import DeviceAugment, build_view_planner, collate_planned, view_sizes
-from twist.distributed import (DistEnv, all_gather_cat, all_reduce_mean, init_distributed, reduce_for_logging,
-                               synchronise_batch_norms, world_size)
+from twist.distributed import (
+    DistEnv,
+    all_gather_cat,
+    all_reduce_mean,
+    init_distributed,
+    reduce_for_logging,
+    synchronise_batch_norms,
+    world_size,
+)
 from twist.engine.checkpoint import atomic_torch_save, describe_tensors, nonfinite_tensors, rng_state
 from twist.engine.logging import RunLog, WandbRun, plot_training_curves
 from twist.engine.monitors import RunMonitors
@@ -320,8 +327,8 @@ def _run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: DistEn
                else None)
     global_batch = cfg["train"]["batch_size"] * env.world_size
     if cfg["method"] == "wmse" and global_batch % cfg["wmse"]["w_size"]:
-        raise ConfigError(f"the global batch ({cfg['train']['batch_size']} x {env.world_size} processes = {global_batch}) "
-                          f"must be a multiple of wmse.w_size ({cfg['wmse']['w_size']})")
+        raise ConfigError(f"the global batch ({cfg['train']['batch_size']} x {env.world_size} processes = "
+                          f"{global_batch}) must be a multiple of wmse.w_size ({cfg['wmse']['w_size']})")
     method_loss = MethodLoss(cfg)
     self_label_loss = SelfLabelLoss(cfg["loss"]["tau"])
     optimizer = build_optimizer(model, cfg["optim"])

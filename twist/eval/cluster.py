@@ -26,8 +26,13 @@ from twist.atomic import atomic_write
 from twist.data import EvalDataset, build_eval_transform, build_source
 from twist.distributed import DistEnv
 from twist.eval.features import extract_features
-from twist.eval.metrics import (cluster_metrics, cluster_to_class, hungarian_matching, majority_accuracy,
-                                mapped_topk_accuracy)
+from twist.eval.metrics import (
+    cluster_metrics,
+    cluster_to_class,
+    hungarian_matching,
+    majority_accuracy,
+    mapped_topk_accuracy,
+)
 
 TOP_K = 5
 

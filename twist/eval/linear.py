@@ -22,8 +22,14 @@ from twist.data import EpochSampler, ViewsDataset, collate_views
 from twist.data.transforms import MultiView
 from twist.eval.features import extract_features
 from twist.eval.session import EvalSession
-from twist.eval.supervised import (classification_step, fit, normal_init_classifier, per_rank_batch, summarise,
-                                   topk_correct)
+from twist.eval.supervised import (
+    classification_step,
+    fit,
+    normal_init_classifier,
+    per_rank_batch,
+    summarise,
+    topk_correct,
+)
 
 
 def resolve_mode(mode: str, num_train: int, cache_max_images: int) -> str:

@@ -55,8 +55,8 @@ class EvalSession:
     def train_and_val_sources(self):
         data = self.cfg["data"]
         if data["train_split"] == data["val_split"]:
-            raise ConfigError(f"data.train_split and data.val_split are both '{data['val_split']}': the {self.protocol} "
-                              f"scores must come from images the classifier did not train on")
+            raise ConfigError(f"data.train_split and data.val_split are both '{data['val_split']}': "
+                              f"the {self.protocol} scores must come from images the classifier did not train on")
         return self.source(data["train_split"]), self.source(data["val_split"])
 
     def transforms(self):

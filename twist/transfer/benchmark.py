@@ -31,6 +31,7 @@ import yaml
 from twist.atomic import atomic_write
 
 SCENES_DONE = "scenes.json"
+TIMINGS = "timings.json"
 
 
 class TransferError(RuntimeError):
@@ -101,12 +102,25 @@ def detectron2_available() -> bool:
 
 @dataclass
 class Runner:
-    """Runs the steps' commands, each logged to its own file, and stops the benchmark when one fails."""
+    """Runs the steps' commands, each logged to its own file, and stops the benchmark when one fails.
+
+    Each finished step's time is added to ``OUT/timings.json`` at once, so that a benchmark run over
+    several invocations still reports what all of its steps took.
+    """
 
     output_dir: str
     echo: Callable[[str], None] = print
 
     timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if os.path.isfile(self.timings_path):
+            with open(self.timings_path, encoding="utf-8") as f:
+                self.timings = json.load(f)
+
+    @property
+    def timings_path(self) -> str:
+        return os.path.join(self.output_dir, TIMINGS)
 
     def run(self, what: str, cmd: list[str], log_name: str, env: dict[str, str] | None = None) -> None:
         log_path = os.path.join(self.output_dir, "logs", log_name)
@@ -116,10 +130,12 @@ class Runner:
         with open(log_path, "ab") as log:
             code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, **(env or {})}).returncode
-        self.timings[what] = time.perf_counter() - start
+        # added up: a step that a later invocation resumes (or finds done) costs what every invocation spent on it
+        self.timings[what] = self.timings.get(what, 0.0) + time.perf_counter() - start
         if code != 0:
             raise TransferError(f"{what} failed with exit code {code}; see {log_path}")
-        self.echo(f"{what}: done in {self.timings[what]:.0f} s")
+        atomic_write(self.timings_path, lambda f: json.dump(self.timings, f, indent=2), binary=False)
+        self.echo(f"{what}: done in {time.perf_counter() - start:.0f} s")
 
 
 def scene_spec(scenes: dict[str, Any]):
@@ -176,7 +192,7 @@ def convert(init: Initialisation, checkpoint: str | None, target: str, runner: R
     out = os.path.join(runner.output_dir, "weights", f"{init.name}_{target}{suffix}")
     if not os.path.isfile(out):
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        runner.run(f"convert {init.name} to {target}", [sys.executable, "-m", "twist_tools.convert", "--to", target,
+        runner.run(f"convert {init.name} to {target}", [sys.executable, "-m", "twist.cli.convert", "--to", target,
                                                         checkpoint, out], f"convert_{init.name}_{target}.log")
     return out
 
@@ -284,13 +300,18 @@ def bar_chart(rows: list[tuple[str, dict[str, Any]]], metric: str, path: str) ->
 
 
 def write_report(bench: Benchmark, results: dict[str, list[tuple[str, dict[str, Any]]]], out_dir: str,
-                 command: str, machine: str, rate: float, minutes: float, doc: str | None) -> str:
-    """``OUT/transfer.md`` (and ``doc``): the table, the chart, the command and the machine."""
+                 command: str, machine: str, rate: float, minutes: float, doc: str | None,
+                 pending: list[str] = ()) -> str:
+    """``OUT/transfer.md`` (and ``doc``): the table, the chart, the command and the machine, and the
+    initialisations not run yet, if any."""
     lines = ["# Transfer in miniature: digit scenes", "",
              f"Mean ± sample standard deviation over {bench.trials} trials per initialisation "
              f"({bench.scenes['train']} train and {bench.scenes['val']} val scenes). Written by", "",
              f"    {command}", "", f"on {machine} (bare ResNet-18 training at 64 px: {rate:.0f} images/s), "
-             f"in {minutes:.0f} minutes.", ""]
+             f"in {minutes:.0f} minutes (its steps' times, summed over every invocation).", ""]
+    if pending:
+        lines += [f"**Not finished yet:** {', '.join(pending)} (the command above, without --report-only, "
+                  "continues where the run stopped).", ""]
     charts = []
     for task, columns, metric in (("segmentation", SEGMENTATION_COLUMNS, "mIoU"),
                                   ("detection", DETECTION_COLUMNS, "bbox/AP50")):
@@ -299,7 +320,8 @@ def write_report(bench: Benchmark, results: dict[str, list[tuple[str, dict[str, 
             lines += [f"## {task.capitalize()}", "", "Not run: Detectron2 is not installed.", ""]
             continue
         config = (bench.segmentation if task == "segmentation" else bench.detection)["config"]
-        lines += [f"## {task.capitalize()} ({config})", "", "| initialisation | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+        lines += [f"## {task.capitalize()} ({config})", "", "| initialisation | " + " | ".join(columns) + " |",
+                  "|---|" + "---:|" * len(columns)]
         lines += [f"| {name} | " + " | ".join(row_cells(summary, columns)) + " |" for name, summary in rows]
         chart = f"transfer_{task}.png"
         bar_chart(rows, metric, os.path.join(out_dir, chart))
@@ -319,12 +341,12 @@ def write_report(bench: Benchmark, results: dict[str, list[tuple[str, dict[str, 
 
 
 def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Callable[[str], None] = print,
-                  command: str = "") -> str:
-    """Every step of the module doc; returns the report's path."""
+                  command: str = "", report_only: bool = False) -> str:
+    """Every step of the module doc; returns the report's path. ``report_only``: run nothing, and report
+    the initialisations whose trials have finished, naming the others as not run yet."""
     bench = load_benchmark(config)
-    start = time.perf_counter()
-    runner = Runner(output_dir, echo)
     os.makedirs(output_dir, exist_ok=True)
+    runner = Runner(output_dir, echo)
     rate = backbone_rate()
     echo(f"machine: bare ResNet-18 training at 64 px runs at {rate:.0f} images/s here")
     scenes = make_scenes(bench, os.path.join(output_dir, "data"), echo)
@@ -332,17 +354,24 @@ def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Ca
     if "detection" not in tasks:
         echo("detection: skipped, Detectron2 is not installed (see the README's detection section)")
     results: dict[str, list[tuple[str, dict[str, Any]]]] = {task: [] for task in tasks}
+    pending: list[str] = []
     for init in bench.initialisations:
+        if report_only:
+            finished = [task for task in tasks
+                        if os.path.isfile(os.path.join(output_dir, task, init.name, "summary.json"))]
+            if finished != tasks:
+                pending.append(init.name)
+            for task in finished:
+                results[task].append((init.name, read_summary(os.path.join(output_dir, task, init.name))))
+            continue
         checkpoint = pretrain(init, bench, runner)
         for task in tasks:
             weights = convert(init, checkpoint, "mmseg" if task == "segmentation" else "detectron2", runner)
             trials_dir = run_trials(init, weights, task, bench, runner, scenes)
             results[task].append((init.name, read_summary(trials_dir)))
-    minutes = (time.perf_counter() - start) / 60
-    timings = os.path.join(output_dir, "timings.json")
-    atomic_write(timings, lambda f: json.dump(runner.timings, f, indent=2), binary=False)
+    minutes = sum(runner.timings.values()) / 60
     return write_report(bench, results, output_dir, command or f"twist-trials transfer --config {config} "
-                        f"--output-dir {output_dir}", machine_description(), rate, minutes, doc)
+                        f"--output-dir {output_dir}", machine_description(), rate, minutes, doc, pending)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,10 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/transfer/digit_scenes.yaml", help="the benchmark config")
     parser.add_argument("--output-dir", default="runs/transfer", help="every step's outputs; rerun to resume")
     parser.add_argument("--doc", help="also write the report here (e.g. docs/transfer.md), with its charts beside it")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: report the initialisations whose trials have finished, naming the others")
     args = parser.parse_args(argv)
     command = " ".join(["python -m twist.transfer.benchmark", *(argv if argv is not None else sys.argv[1:])])
     try:
-        report = run_benchmark(args.config, args.output_dir, args.doc, command=command)
+        report = run_benchmark(args.config, args.output_dir, args.doc, command=command, report_only=args.report_only)
     except TransferError as err:
         print(f"transfer: error: {err}", file=sys.stderr)
         return 2

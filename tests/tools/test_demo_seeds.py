@@ -1,0 +1,36 @@
+"""The seed x thread grid of the demo: its runs, its table and its verdict."""
+import json
+
+from twist_tools.demo_seeds import GOAL, Run, main, verdict
+
+QUICK = ["train.epochs=1", "data.image_size=16", "optim.warmup_epochs=0", "eval.kmeans_baseline=false"]
+
+
+def _metrics(acc, nmi, used=10):
+    return {"acc": acc, "nmi": nmi, "ami": nmi, "ari": acc, "num_clusters_used": used, "num_classes": 10}
+
+
+def test_the_verdict_names_each_condition_and_run_that_fails_it():
+    good = {Run(s, 1): _metrics(0.96, 0.93) for s in range(3)}
+    assert verdict(good) == []
+    one_low = {**good, Run(3, 2): _metrics(0.92, 0.93)}
+    assert verdict(one_low) == [f"ACC below {GOAL['acc_min']} in seed3_threads2"]
+    low_mean = {Run(s, 1): _metrics(0.94, 0.93) for s in range(2)}
+    assert verdict(low_mean) == ["mean ACC 0.940 below 0.95"]
+    shared = {Run(0, 1): _metrics(0.97, 0.89, used=9)}
+    assert verdict(shared) == ["NMI below 0.9 in seed0_threads1",
+                               "not every digit has a cluster of its own in seed0_threads1"]
+
+
+def test_the_grid_runs_the_demo_writes_the_table_and_reuses_finished_runs(tmp_path):
+    work, doc = tmp_path / "runs", tmp_path / "seeds.md"
+    args = ["--seeds", "0", "1", "--threads", "1", "--work-dir", str(work), "--doc", str(doc), *QUICK]
+    assert main(args) == 3  # one epoch does not reach the goal, and the exit code says so
+    text = doc.read_text()
+    for seed in (0, 1):
+        metrics = json.loads((work / f"seed{seed}_threads1" / "metrics.json").read_text())
+        assert f"| {seed} | 1 | {metrics['acc']:.3f} | {metrics['nmi']:.3f} |" in text
+    assert "bare ResNet-18 training step (64 px, batch 128) at" in text and "Goal (" in text and "not met" in text
+    timing = (work / "seed0_threads1" / "wall_time.json").read_text()
+    assert main(args) == 3 and (work / "seed0_threads1" / "wall_time.json").read_text() == timing
+    assert doc.read_text().split("\n", 8)[8] == text.split("\n", 8)[8]  # the same table, the rate aside

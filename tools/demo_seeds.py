@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from twist.atomic import atomic_write
 from twist.engine.runtime import describe_hardware
+from twist.transfer.benchmark import backbone_rate
 
 DEMO_CONFIG = "configs/demo/digits.yaml"
 # The goal of a demo run: the unsupervised ACC of every run and of their mean, the NMI of every run,
@@ -39,27 +40,6 @@ class Run:
     @property
     def name(self) -> str:
         return f"seed{self.seed}_threads{self.threads}"
-
-
-def bare_backbone_rate(image_size: int = 64, batch_size: int = 128, steps: int = 3) -> float:
-    """Images per second of a bare ResNet-18 training step (bench/step_overhead.py's default setting)."""
-    import torch
-    import torchvision
-
-    net = torchvision.models.resnet18()
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
-    images = torch.randn(batch_size, 3, image_size, image_size)
-
-    def step():
-        optimizer.zero_grad()
-        net(images).float().mean().backward()
-        optimizer.step()
-
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch_size / (time.perf_counter() - start)
 
 
 def run_demo(run: Run, work_dir: str, overrides: list[str]) -> dict:
@@ -135,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides for every run (for tests and trials)")
     args = parser.parse_args(argv)
     command = " ".join(["python -m twist_tools.demo_seeds", *(argv if argv is not None else sys.argv[1:])])
-    rate = bare_backbone_rate()
+    rate = backbone_rate(steps=3, batch=128, size=64)  # bench/step_overhead.py's default setting
     print(f"machine: bare ResNet-18 training at {rate:.0f} images/s (64 px, batch 128)", flush=True)
     results = {}
     for threads in args.threads:

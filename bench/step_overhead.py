@@ -27,7 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from twist.config import load_config
 from twist.engine.optim import apply_schedules, build_optimizer, build_schedules
 from twist.engine.runtime import autocast_dtype, describe_hardware, resolve_device
-from twist.engine.trainer import MethodLoss, optimizer_step
+from twist.engine.trainer import optimizer_step
+from twist.methods import build_method
 from twist.models import build_backbone, build_model
 
 
@@ -84,7 +85,7 @@ def make_steps(args, which=("twist", "bare")):
         twin = build_model(cfg).to(device).train()
         twin.backbone.to(memory_format=memory_format)
         twin_opt = build_optimizer(twin, cfg["optim"])
-        criterion = MethodLoss(cfg)
+        method = build_method(cfg)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         indices = torch.arange(args.batch_size)
 
@@ -92,7 +93,7 @@ def make_steps(args, which=("twist", "bare")):
             apply_schedules(twin_opt, schedules, i, cfg["optim"]["bias_lr_ratio"])
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 outputs = twin(views)
-            terms = criterion(outputs, i, indices)
+            terms = method.loss(outputs, i, indices)
             optimizer_step(terms["loss"], twin, twin_opt, scaler, cfg["optim"]["clip_grad_norm"])
             return terms
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from twist.config import load_config
 from twist.engine.trainer import train
-from twist.models.backbones import VITS
+from twist.models.architectures import BACKBONES
 
 CONFIGS = sorted(glob.glob("configs/demo/*.yaml") + glob.glob("configs/pretrain/*.yaml"))
 REDUCED = ["data.image_size=32", "augment.local_size=16", "train.batch_size=4"]
@@ -52,7 +52,7 @@ def test_configs_are_found():
 @pytest.mark.parametrize("path", CONFIGS)
 def test_shipped_config_trains_one_step(path, tmp_path):
     shipped = load_config(path)
-    overrides = REDUCED + MACHINE + ([] if shipped["model"]["backbone"] in VITS else RESNET_LOCAL)
+    overrides = REDUCED + MACHINE + ([] if BACKBONES[shipped["model"]["backbone"]].family == "vit" else RESNET_LOCAL)
     if shipped["method"] == "wmse":
         overrides += ["wmse.w_size=4", "wmse.out_dim=3"]
     if shipped["data"]["dataset"] == "folder":
@@ -76,10 +76,11 @@ AUTHORS_NBS_BUNCHES = {
 
 @pytest.mark.parametrize("path", sorted(AUTHORS_NBS_BUNCHES))
 def test_twist_recipes_normalise_nbs_over_the_authors_bunches(path):
-    from twist.engine.trainer import nbs_ranks_per_bunch
+    from twist.methods import build_method
 
     world, ranks_per_bunch = AUTHORS_NBS_BUNCHES[path]
-    assert nbs_ranks_per_bunch(load_config(path), world) == ranks_per_bunch
+    cfg = load_config(path)
+    assert build_method(cfg).head_norm_ranks(cfg["train"]["batch_size"], world) == ranks_per_bunch
 
 
 @pytest.mark.parametrize("path", ["configs/pretrain/barlow_twins_resnet50.yaml",

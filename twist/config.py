@@ -15,7 +15,40 @@ from typing import Any, Callable
 import yaml
 
 from twist.atomic import atomic_write
+from twist.config_error import ConfigError
+from twist.methods import METHODS, method_class
+from twist.methods.base import section_defaults
+from twist.models.architectures import BACKBONES
 from twist.shipped_configs import resolve_config_path, shipped_config_dir
+
+# The keys that pretraining and evaluation configs (twist.eval.config) share, declared once.
+SHARED_DATA: dict[str, Any] = {
+    "dataset": "folder",
+    "path": "",
+    "image_size": 224,
+    "num_samples": 512,
+    "num_classes": 10,
+    # file list only: lines "<path relative to data.path> <integer label>" (or "<path>": unlabelled).
+    "list_file": "",
+    # file list only: the val split, used by evaluation.
+    "val_list_file": "",
+    "num_workers": 8,
+    "pin_memory": True,
+}
+SHARED_CHOICES: dict[str, tuple[str, ...]] = {
+    "device": ("auto", "cpu", "cuda"),
+    "model.backbone": tuple(BACKBONES),
+    "data.dataset": ("folder", "filelist", "lmdb", "digits", "synthetic"),
+    "augment.pipeline": ("barlow", "small_gray"),
+}
+SHARED_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "data.image_size": (8, None),
+    "data.num_samples": (1, None),
+    "data.num_classes": (1, None),
+    "data.num_workers": (0, None),
+    "augment.hflip": (0.0, 1.0),
+    "augment.backdrop": (0.0, 1.0),
+}
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -29,58 +62,11 @@ DEFAULTS: dict[str, Any] = {
         "drop_path_rate": 0.0,
         # ResNets: each residual block's last batch norm starts at zero (Barlow Twins' recipe).
         "zero_init_residual": False,
-        "head": {
-            "hidden_dim": 4096,
-            "num_classes": 4096,
-            "norm": "bn",
-            "activation": "relu",
-            "dropout": 0.0,
-            # Non-affine batch norm on the logits before the softmax ("NBS").
-            "nbs": True,
-            # Images over which the NBS statistics are taken, summed over consecutive ranks (the
-            # reference's bunch_size); 0 means all ranks.
-            "nbs_bunch_size": 0,
-            # "auto" is trunc-normal(0.02) for ViT backbones and PyTorch's default otherwise.
-            "init": "auto",
-        },
-    },
-    # method: barlow_twins. The projector (three bias-free linear layers) and the off-diagonal weight.
-    "barlow_twins": {
-        "hidden_dim": 8192,
-        "out_dim": 8192,
-        "lam": 0.0051,
-    },
-    # method: wmse. Head Linear → BN → ReLU → Linear; Cholesky whitening over sub-batches of w_size rows
-    # of the global batch, w_iter times; num_samples positives per image, every pair compared.
-    "wmse": {
-        "hidden_dim": 1024,
-        "out_dim": 128,
-        "w_size": 256,
-        "w_iter": 1,
-        "w_eps": 0.0,
-        "num_samples": 2,
-        "normalize": True,
-    },
-    "loss": {
-        "lam1": 0.0,
-        "lam2": 1.0,
-        "tau": 1.0,
-        "eps": 1.0e-5,
     },
     "data": {
-        "dataset": "folder",
-        "path": "",
+        **SHARED_DATA,
         # The split pretraining reads: a folder's sub-folder, an LMDB's <split>.lmdb; digits: all, train, val.
         "train_split": "train",
-        "image_size": 224,
-        "num_samples": 512,
-        "num_classes": 10,
-        # file list only: lines "<path relative to data.path> <integer label>" (or "<path>": unlabelled).
-        "list_file": "",
-        # file list only: the val split, used by evaluation.
-        "val_list_file": "",
-        "num_workers": 8,
-        "pin_memory": True,
         "persistent_workers": False,
         "prefetch_factor": 2,
         "skip_corrupt": False,
@@ -145,18 +131,6 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 256,
         "kmeans_baseline": False,
     },
-    # The self-labeling stage: from start_epoch on, confident pseudo-labels of one global view
-    # supervise the other views, with harder crops and a learning-rate restart.
-    "self_label": {
-        "enabled": False,
-        "start_epoch": 800,
-        "global_scale": [0.14, 1.0],
-        "local_scale": [0.05, 0.14],
-        "quantile": 0.5,
-        "quantile_end": 0.6,
-        "lr": 0.05,
-        "warmup_epochs": 5,
-    },
     # An exponential-moving-average teacher gives the targets (the ViT recipes).
     "teacher": {
         "enabled": False,
@@ -193,16 +167,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "device": ("auto", "cpu", "cuda"),
-    "method": ("twist", "barlow_twins", "wmse"),
-    "model.backbone": (
-        "resnet18", "resnet34", "resnet50", "resnet50w2", "resnet50w4", "deit_small", "vit_base",
-    ),
-    "model.head.norm": ("bn", "ln", "none"),
-    "model.head.activation": ("relu", "gelu"),
-    "model.head.init": ("auto", "default", "trunc_normal"),
-    "data.dataset": ("folder", "filelist", "lmdb", "digits", "synthetic"),
-    "augment.pipeline": ("barlow", "small_gray"),
+    **SHARED_CHOICES,
+    "method": tuple(METHODS),
     "optim.name": ("lars", "sgd", "adam", "adamw"),
     "optim.lars_rule": ("twist", "barlow_twins"),
     "train.precision": ("fp32", "bf16", "fp16"),
@@ -211,44 +177,19 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 # (low, high): inclusive bounds; None means unbounded on that side.
 RANGES: dict[str, tuple[float | None, float | None]] = {
+    **SHARED_RANGES,
     "model.drop_path_rate": (0.0, 1.0),
     "augment.on_device_max_side": (16, None),
-    "barlow_twins.hidden_dim": (1, None),
-    "barlow_twins.out_dim": (1, None),
-    "barlow_twins.lam": (0.0, None),
-    "wmse.hidden_dim": (1, None),
-    "wmse.out_dim": (1, None),
-    "wmse.w_size": (2, None),
-    "wmse.w_iter": (1, None),
-    "wmse.w_eps": (0.0, 1.0),
-    "wmse.num_samples": (2, 8),
-    "model.head.hidden_dim": (1, None),
-    "model.head.num_classes": (2, None),
-    "model.head.dropout": (0.0, 1.0),
-    "model.head.nbs_bunch_size": (0, None),
-    "loss.tau": (1e-6, None),
-    "loss.eps": (0.0, 1.0),
-    "data.image_size": (8, None),
-    "data.num_samples": (1, None),
-    "data.num_classes": (1, None),
-    "data.num_workers": (0, None),
     "data.prefetch_factor": (1, None),
     "data.max_skipped_fraction": (0.0, 1.0),
     "augment.local_crops": (0, None),
     "augment.local_size": (8, None),
     "augment.local_blur": (0.0, 1.0),
-    "self_label.start_epoch": (0, None),
-    "self_label.quantile": (0.0, 1.0),
-    "self_label.quantile_end": (0.0, 1.0),
-    "self_label.lr": (0.0, None),
-    "self_label.warmup_epochs": (0, None),
     "teacher.momentum_start": (0.0, 1.0),
     "teacher.momentum_end": (0.0, 1.0),
-    "augment.hflip": (0.0, 1.0),
     "augment.color_jitter": (0.0, 1.0),
     "augment.grayscale": (0.0, 1.0),
     "augment.rotation": (0.0, 180.0),
-    "augment.backdrop": (0.0, 1.0),
     "optim.lr": (0.0, None),
     "optim.bias_lr_ratio": (0.0, None),
     "optim.warmup_epochs": (0, None),
@@ -280,9 +221,25 @@ LIST_SHAPES: dict[str, tuple[int, float, float]] = {
     "augment.blur": (2, 0.0, 1.0),
     "augment.solarize": (2, 0.0, 1.0),
     "augment.local_scale": (2, 0.0, 1.0),
-    "self_label.global_scale": (2, 0.0, 1.0),
-    "self_label.local_scale": (2, 0.0, 1.0),
 }
+
+
+def _add_method_sections() -> None:
+    """Each method declares its own sections and their bounds (``twist.methods``); the schema holds them."""
+    for method in METHODS.values():
+        for path, section in method.sections.items():
+            *parents, leaf = path.split(".")
+            tree = DEFAULTS
+            for part in parents:
+                tree = tree[part]
+            tree[leaf] = section_defaults(section)
+        CHOICES.update(method.choices)
+        RANGES.update(method.ranges)
+        LIST_SHAPES.update(method.list_shapes)
+
+
+_add_method_sections()
+
 
 
 # The keys a resumed run may change; any other difference from the checkpoint's config is refused
@@ -340,10 +297,6 @@ _Loader.add_implicit_resolver(
 
 def read_yaml(text_or_stream):
     return yaml.load(text_or_stream, Loader=_Loader)
-
-
-class ConfigError(ValueError):
-    """A configuration file or override that does not fit the declared schema."""
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -494,7 +447,7 @@ class Schema:
 
 
 def _check_consistency(cfg: dict[str, Any], source: str) -> None:
-    for key in ("augment.crop_scale", "augment.local_scale", "self_label.global_scale", "self_label.local_scale"):
+    for key in ("augment.crop_scale", "augment.local_scale"):
         section, leaf = key.split(".")
         low, high = cfg[section][leaf]
         if low > high:
@@ -506,33 +459,11 @@ def _check_consistency(cfg: dict[str, Any], source: str) -> None:
     if cfg["augment"]["on_device"] and cfg["augment"]["pipeline"] != "barlow":
         raise ConfigError(f"{source}: 'augment.on_device' implements the 'barlow' pipeline; augment.pipeline is "
                           f"'{cfg['augment']['pipeline']}'")
-    if cfg["method"] != "twist":
-        twist_only = [key for key, on in (("self_label.enabled", cfg["self_label"]["enabled"]),
-                                          ("teacher.enabled", cfg["teacher"]["enabled"]),
-                                          ("eval.enabled", cfg["eval"]["enabled"]),
-                                          ("augment.local_crops", cfg["augment"]["local_crops"] > 0)) if on]
-        if twist_only:
-            raise ConfigError(f"{source}: {', '.join(twist_only)} belong to TWIST (its class head and pairings); "
-                              f"method is '{cfg['method']}'. Evaluate with twist-eval knn or linear instead")
-    if cfg["method"] != "twist" and cfg["data"]["skip_corrupt"]:
-        raise ConfigError(f"{source}: 'data.skip_corrupt' drops unreadable images from a batch; the "
-                          f"{cfg['method']} loss needs the same batch size on every process (and W-MSE a multiple "
-                          f"of wmse.w_size): fix or remove the unreadable files instead")
-    wm = cfg["wmse"]
-    if cfg["method"] == "wmse" and wm["w_size"] <= wm["out_dim"]:
-        raise ConfigError(f"{source}: 'wmse.w_size' ({wm['w_size']}) must exceed 'wmse.out_dim' ({wm['out_dim']}): "
-                          f"the covariance of fewer rows than dimensions is singular and cannot be whitened")
+    method_class(cfg).check_config(cfg, source)
     monitor = cfg["monitor"]
     if monitor["knn_every"] and monitor["train_split"] == monitor["val_split"]:
         raise ConfigError(f"{source}: 'monitor.train_split' and 'monitor.val_split' are both "
                           f"'{monitor['val_split']}': the kNN monitor must score images outside its memory")
-    sl = cfg["self_label"]
-    if sl["enabled"] and sl["start_epoch"] >= cfg["train"]["epochs"]:
-        raise ConfigError(f"{source}: 'self_label.start_epoch' ({sl['start_epoch']}) must be below train.epochs "
-                          f"({cfg['train']['epochs']}) when self-labeling is enabled")
-    if sl["enabled"] and sl["quantile"] <= 0:
-        raise ConfigError(f"{source}: 'self_label.quantile' is the fraction of the batch that keeps its "
-                          f"pseudo-label and must be above 0, got {sl['quantile']}")
 
 
 def check_data_section(data: dict[str, Any], source: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from twist.convert.conversion import Conversion, ConversionError, compare
 from twist.convert.layouts import expected_shapes
 from twist.engine.checkpoint import CheckpointError
+from twist.models.architectures import BACKBONES
 from twist.models.pretrained import BackboneWeights
 
 TORCHVISION_PIXELS = ("MODEL.PIXEL_MEAN [123.675, 116.280, 103.530]", "MODEL.PIXEL_STD [58.395, 57.120, 57.375]",
@@ -29,7 +30,6 @@ WIDE_KEYS = {2: ("MODEL.RESNETS.STEM_OUT_CHANNELS 128", "MODEL.RESNETS.RES2_OUT_
                  "MODEL.RESNETS.WIDTH_PER_GROUP 128"),
              4: ("MODEL.RESNETS.STEM_OUT_CHANNELS 256", "MODEL.RESNETS.RES2_OUT_CHANNELS 1024",
                  "MODEL.RESNETS.WIDTH_PER_GROUP 256")}
-DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet50w2": 50, "resnet50w4": 50}
 
 
 def rename_resnet_key(key: str) -> str:
@@ -120,12 +120,12 @@ def convert(weights: BackboneWeights) -> Conversion:
         raise ConversionError(f"'{weights.path}': {arch.name} with the small-input 3x3 stem has no detectron2 "
                               f"counterpart (detectron2's stem is a 7x7 convolution)")
     state = {rename_resnet_key(k): v for k, v in weights.state_dict.items()}
-    compare(expected_shapes(arch, "detectron2"), state, f"detectron2's ResNet-{DEPTHS[arch.name]} names")
-    notes = [f"MODEL.RESNETS.DEPTH {DEPTHS[arch.name]}", *TORCHVISION_PIXELS]
-    if arch.name in ("resnet18", "resnet34"):
+    compare(expected_shapes(arch, "detectron2"), state, f"detectron2's ResNet-{BACKBONES[arch.name].depth} names")
+    notes = [f"MODEL.RESNETS.DEPTH {BACKBONES[arch.name].depth}", *TORCHVISION_PIXELS]
+    if not BACKBONES[arch.name].bottleneck:
         notes.append("MODEL.RESNETS.RES2_OUT_CHANNELS 64")
-    widen = {"resnet50w2": 2, "resnet50w4": 4}.get(arch.name)
-    if widen:
+    widen = BACKBONES[arch.name].widen
+    if widen > 1:
         notes += WIDE_KEYS[widen]
-    return Conversion("detectron2", state, f"detectron2's ResNet-{DEPTHS[arch.name]} names and shapes",
+    return Conversion("detectron2", state, f"detectron2's ResNet-{BACKBONES[arch.name].depth} names and shapes",
                       _serialize(state), (".pkl",), notes)

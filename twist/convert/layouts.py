@@ -10,16 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from twist.models.architectures import BACKBONES
 from twist.models.pretrained import Architecture
 
-RESNET_LAYOUTS = {  # name: (bottleneck, blocks per stage, width multiplier)
-    "resnet18": (False, (2, 2, 2, 2), 1),
-    "resnet34": (False, (3, 4, 6, 3), 1),
-    "resnet50": (True, (3, 4, 6, 3), 1),
-    "resnet50w2": (True, (3, 4, 6, 3), 2),
-    "resnet50w4": (True, (3, 4, 6, 3), 4),
-}
-VIT_HEADS = {"deit_small": 6, "vit_base": 12}
 BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
@@ -47,8 +40,9 @@ def _norm(stage: int, block: int, layer: str, channels: int) -> list[ResNetTenso
 
 
 def resnet_tensors(arch: Architecture) -> list[ResNetTensor]:
-    bottleneck, blocks, widen = RESNET_LAYOUTS[arch.name]
-    stem = 64 * widen
+    spec = BACKBONES[arch.name]
+    bottleneck, blocks, widen = spec.bottleneck, spec.blocks, spec.widen
+    stem = spec.stem_width
     kernel = 3 if arch.small_input else 7
     out = [ResNetTensor(0, 0, "conv1", False, "weight", (stem, 3, kernel, kernel)), *_norm(0, 0, "conv1", stem)]
     channels = stem
@@ -72,8 +66,8 @@ def resnet_tensors(arch: Architecture) -> list[ResNetTensor]:
     return out
 
 
-def vit_tensors(arch: Architecture, depth: int = 12) -> list[ViTTensor]:
-    width = {"deit_small": 384, "vit_base": 768}[arch.name]
+def vit_tensors(arch: Architecture) -> list[ViTTensor]:
+    width, depth = BACKBONES[arch.name].width, BACKBONES[arch.name].depth
     patch = 4 if arch.small_input else 16
     tokens = (arch.image_size // patch) ** 2 + 1
     out = [ViTTensor(-1, "cls_token", "", (1, 1, width)), ViTTensor(-1, "pos_embed", "", (1, tokens, width)),

@@ -13,6 +13,7 @@ import torch
 
 from twist.convert.conversion import Conversion, ConversionError, apply_first_rule, compare, describe_source
 from twist.convert.layouts import expected_shapes
+from twist.models.architectures import BACKBONES
 from twist.models.pretrained import BackboneWeights
 
 VIT_RULES = (
@@ -25,7 +26,6 @@ VIT_RULES = (
     (r"^blocks\.(\d+)\.mlp\.fc1\.", r"layers.\1.ffn.layers.0.0."),
     (r"^blocks\.(\d+)\.mlp\.fc2\.", r"layers.\1.ffn.layers.1."),
 )
-DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet50w2": 50, "resnet50w4": 50}
 
 
 def rename_vit_key(key: str) -> str:
@@ -37,7 +37,7 @@ def convert(weights: BackboneWeights) -> Conversion:
     if arch.family == "vit":
         state = {rename_vit_key(k): v for k, v in weights.state_dict.items()}
         compare(expected_shapes(arch, "mmseg"), state, "mmseg's VisionTransformer names")
-        heads = {"deit_small": 6, "vit_base": 12}[arch.name]
+        heads = BACKBONES[arch.name].heads
         width = state["cls_token"].shape[-1]
         patch = state["patch_embed.projection.weight"].shape[-1]
         notes = [f"backbone=dict(type='VisionTransformer', img_size={arch.image_size}, patch_size={patch}, "
@@ -51,9 +51,9 @@ def convert(weights: BackboneWeights) -> Conversion:
                                   f"ResNet counterpart (its stem is a 7x7 convolution)")
         state = dict(weights.state_dict)
         compare(expected_shapes(arch, "mmseg"), state, "mmseg's ResNet (style pytorch) names")
-        widths = {"resnet50w2": 128, "resnet50w4": 256}.get(arch.name)
-        extra = f", stem_channels={widths}, base_channels={widths}" if widths else ""
-        notes = [f"backbone=dict(type='ResNet', depth={DEPTHS[arch.name]}, style='pytorch'{extra}, "
+        spec = BACKBONES[arch.name]
+        extra = f", stem_channels={spec.stem_width}, base_channels={spec.stem_width}" if spec.widen > 1 else ""
+        notes = [f"backbone=dict(type='ResNet', depth={spec.depth}, style='pytorch'{extra}, "
                  f"init_cfg=dict(type='Pretrained', checkpoint='<this file>'))  # not ResNetV1c"]
         where = "mmseg's ResNet (style pytorch) names and shapes"
     meta = describe_source(weights)

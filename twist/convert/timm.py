@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from twist.convert.conversion import Conversion, compare, library_variant, shapes_of
-from twist.models.backbones import VITS
+from twist.models.architectures import BACKBONES
 from twist.models.pretrained import BackboneWeights
 
 
@@ -21,9 +21,9 @@ def convert(weights: BackboneWeights) -> Conversion:
         patch = state["patch_embed.proj.weight"].shape[-1]
         kwargs = {} if (patch, arch.image_size) == (16, 224) else {"img_size": arch.image_size, "patch_size": patch}
         with torch.device("meta"):
-            reference = timm.create_model(VITS[arch.name], pretrained=False, num_classes=0, **kwargs)
+            reference = timm.create_model(BACKBONES[arch.name].timm_name, pretrained=False, num_classes=0, **kwargs)
         args = "".join(f", {k}={v}" for k, v in kwargs.items())
-        what = f"timm.create_model('{VITS[arch.name]}', num_classes=0{args})"
+        what = f"timm.create_model('{BACKBONES[arch.name].timm_name}', num_classes=0{args})"
         compare(shapes_of(reference), state, what)
         notes = [f"model = {what}; model.load_state_dict(sd, strict=True)"]
     elif arch.name in ("resnet18", "resnet34", "resnet50") and not arch.small_input:

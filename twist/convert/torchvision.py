@@ -12,7 +12,7 @@ import torch
 import torchvision
 
 from twist.convert.conversion import Conversion, apply_first_rule, compare, library_variant, shapes_of
-from twist.convert.layouts import VIT_HEADS
+from twist.models.architectures import BACKBONES
 from twist.models.pretrained import BackboneWeights
 
 VIT_RULES = (
@@ -34,9 +34,9 @@ def rename_vit_key(key: str) -> str:
 
 
 def torchvision_vit(name: str, image_size: int, patch: int) -> torch.nn.Module:
-    width = {"deit_small": 384, "vit_base": 768}[name]
-    return torchvision.models.VisionTransformer(image_size=image_size, patch_size=patch, num_layers=12,
-                                                num_heads=VIT_HEADS[name], hidden_dim=width, mlp_dim=4 * width)
+    spec = BACKBONES[name]
+    return torchvision.models.VisionTransformer(image_size=image_size, patch_size=patch, num_layers=spec.depth,
+                                                num_heads=spec.heads, hidden_dim=spec.width, mlp_dim=4 * spec.width)
 
 
 def _save(state):
@@ -53,9 +53,10 @@ def convert(weights: BackboneWeights) -> Conversion:
         what = f"torchvision.models.VisionTransformer (patch {patch}, {arch.image_size} px) without heads"
         compare(shapes_of(reference, lambda k: k.startswith("heads.")), state, what)
         width = state["class_token"].shape[-1]
+        heads = BACKBONES[arch.name].heads
         build = ("torchvision.models.vit_b_16()" if arch.name == "vit_base" and patch == 16 and arch.image_size == 224
                  else f"torchvision.models.VisionTransformer(image_size={arch.image_size}, patch_size={patch}, "
-                      f"num_layers=12, num_heads={VIT_HEADS[arch.name]}, hidden_dim={width}, mlp_dim={4 * width})")
+                      f"num_layers=12, num_heads={heads}, hidden_dim={width}, mlp_dim={4 * width})")
         notes = [f"model = {build}; model.heads = torch.nn.Identity(); model.load_state_dict(sd, strict=True)"]
         return Conversion("torchvision", state, what, _save(state), (".pth", ".pt"), notes)
 

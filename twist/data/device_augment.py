@@ -27,6 +27,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from twist.data.datasets import split_skipped
 from twist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from twist.data.view_specs import ViewSpec, train_views
 
 # Plan columns, one row per view.
 TOP, LEFT, HEIGHT, WIDTH, FLIP, JITTER, BRIGHTNESS, CONTRAST, SATURATION, HUE = range(10)
@@ -40,17 +41,18 @@ _BLUR_SIGMA = (0.1, 2.0)
 class ViewPlanner:
     """Worker side: ``img -> (uint8 image (3, H, W), plan (views, PLAN_WIDTH))`` for the given view specs.
 
-    Each spec is ``(scale, blur probability, solarize probability)``; the draws consume torch's global
+    Each spec gives a view's crop scale and its blur and solarize probabilities; the draws consume torch's global
     generator exactly as the CPU pipeline's transforms do, view by view.
     """
 
-    def __init__(self, specs: list[tuple[tuple[float, float], float, float]], aug: dict[str, Any], max_side: int):
+    def __init__(self, specs: list[ViewSpec], aug: dict[str, Any], max_side: int):
         self.specs, self.aug, self.max_side = specs, aug, max_side
 
     def __call__(self, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         img = img.convert("RGB")
         plan = torch.zeros(len(self.specs), PLAN_WIDTH)
-        for row, (scale, blur, solarize) in zip(plan, self.specs):
+        for row, spec in zip(plan, self.specs):
+            scale, blur, solarize = spec.scale, spec.blur, spec.solarize
             # Drawn on the full-size image, as the CPU pipeline draws them; scaled below if it shrinks.
             row[TOP], row[LEFT], row[HEIGHT], row[WIDTH] = torch.tensor(
                 T.RandomResizedCrop.get_params(img, list(scale), [3 / 4, 4 / 3]), dtype=torch.float32)
@@ -75,24 +77,16 @@ class ViewPlanner:
         return pil_to_tensor(img), plan
 
 
-def build_view_planner(cfg: dict[str, Any], self_labeling: bool = False) -> ViewPlanner:
-    """The planner of ``build_train_transform(cfg)``'s views, for the `barlow` pipeline."""
+def build_view_planner(cfg: dict[str, Any], stage: int = 0) -> ViewPlanner:
+    """The planner of ``build_train_transform(cfg, stage)``'s views, for the `barlow` pipeline."""
     aug = cfg["augment"]
     if aug["pipeline"] != "barlow":
         raise ValueError(f"augment.on_device implements the 'barlow' pipeline, not '{aug['pipeline']}'")
-    sl = cfg["self_label"]
-    global_scale = tuple(sl["global_scale"] if self_labeling else aug["crop_scale"])
-    local_scale = tuple(sl["local_scale"] if self_labeling else aug["local_scale"])
-    specs = [(global_scale, aug["blur"][v], aug["solarize"][v]) for v in (0, 1)]
-    if cfg["method"] == "wmse":
-        specs = [specs[v % 2] for v in range(cfg["wmse"]["num_samples"])]
-    specs += [(local_scale, aug["local_blur"], 0.0)] * aug["local_crops"]
-    return ViewPlanner(specs, aug, aug["on_device_max_side"])
+    return ViewPlanner(train_views(cfg, stage), aug, aug["on_device_max_side"])
 
 
 def view_sizes(cfg: dict[str, Any]) -> list[int]:
-    globals_ = cfg["wmse"]["num_samples"] if cfg["method"] == "wmse" else 2
-    return [cfg["data"]["image_size"]] * globals_ + [cfg["augment"]["local_size"]] * cfg["augment"]["local_crops"]
+    return [view.size for view in train_views(cfg)]
 
 
 def collate_planned(items: list):

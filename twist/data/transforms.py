@@ -13,6 +13,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
 from twist.data.backdrop import RandomBackdrop
+from twist.data.view_specs import train_views
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -94,23 +95,11 @@ def _small_gray_view(size: int, scale: tuple[float, float], aug: dict[str, Any],
 _VIEW_BUILDERS = {"barlow": _barlow_view, "small_gray": _small_gray_view}
 
 
-def build_train_transform(cfg: dict[str, Any], self_labeling: bool = False) -> MultiView:
-    """Two asymmetric global views (they differ in blur and solarisation), then the local views.
-
-    The views come in the order [global 1, global 2, local 1..L]. The self-labeling stage uses its own,
-    harder crop scales. W-MSE takes ``wmse.num_samples`` global views, alternating the two pipelines.
-    """
-    aug, size = cfg["augment"], cfg["data"]["image_size"]
-    if self_labeling:
-        global_scale, local_scale = cfg["self_label"]["global_scale"], cfg["self_label"]["local_scale"]
-    else:
-        global_scale, local_scale = aug["crop_scale"], aug["local_scale"]
+def build_train_transform(cfg: dict[str, Any], stage: int = 0) -> MultiView:
+    """One pipeline per view of ``twist.data.view_specs.train_views(cfg, stage)``."""
+    aug = cfg["augment"]
     builder = _VIEW_BUILDERS[aug["pipeline"]]
-    views = [builder(size, tuple(global_scale), aug, aug["blur"][v], aug["solarize"][v]) for v in (0, 1)]
-    if cfg["method"] == "wmse":  # W-MSE's num_samples positives: the two pipelines in turn
-        views = [views[v % 2] for v in range(cfg["wmse"]["num_samples"])]
-    local = builder(aug["local_size"], tuple(local_scale), aug, aug["local_blur"], 0.0)
-    return MultiView(views + [local] * aug["local_crops"])
+    return MultiView([builder(v.size, v.scale, aug, v.blur, v.solarize) for v in train_views(cfg, stage)])
 
 
 _INTERPOLATION = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}

@@ -160,3 +160,45 @@ def _as_tuples(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_as_tuples(v) for v in value)
     return value
+
+
+class Entry:
+    """The entries of a training checkpoint (``checkpoint.pth``): written by :func:`training_checkpoint`,
+    read back by the resume (``twist.engine.resume``), ``twist-eval`` and ``twist-convert``
+    (``twist.models.pretrained``). ``backbone.pth`` is the ``BACKBONE`` entry on its own."""
+
+    MODEL = "model"  # the whole twin model: backbone.* and head.*
+    BACKBONE = "backbone"
+    TEACHER = "teacher"  # with teacher.enabled: the EMA teacher's twin model, and its backbone
+    TEACHER_BACKBONE = "teacher_backbone"
+    OPTIMIZER = "optimizer"
+    SCALER = "scaler"
+    STEP = "step"  # optimiser steps taken in total
+    EPOCH = "epoch"
+    RNG = "rng"  # every rank's RNG states, in rank order
+    CONFIG = "config"  # the resolved config the run trained with
+
+
+def training_checkpoint(model, teacher, optimizer, scaler, step: int, epoch: int, cfg: dict[str, Any],
+                        rng_states: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a pretraining run saves to resume from (``teacher``: an EMA teacher, or None)."""
+    state = {
+        Entry.MODEL: model.state_dict(),
+        Entry.BACKBONE: model.backbone.state_dict(),
+        Entry.OPTIMIZER: optimizer.state_dict(),
+        Entry.SCALER: scaler.state_dict(),
+        Entry.STEP: step,
+        Entry.EPOCH: epoch,
+        Entry.RNG: rng_states,
+        Entry.CONFIG: cfg,
+    }
+    if teacher is not None:
+        state[Entry.TEACHER] = teacher.model.state_dict()
+        state[Entry.TEACHER_BACKBONE] = teacher.model.backbone.state_dict()
+    return state
+
+
+def stored_config(checkpoint: Any) -> dict[str, Any] | None:
+    """The config a training checkpoint stores, or None for any other file."""
+    config = checkpoint.get(Entry.CONFIG) if isinstance(checkpoint, Mapping) else None
+    return config if isinstance(config, dict) else None

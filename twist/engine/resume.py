@@ -14,10 +14,12 @@ import torch
 from twist.config import ConfigError, resume_changes
 from twist.engine.checkpoint import (
     CheckpointError,
+    Entry,
     describe_tensors,
     load_weights_only,
     nonfinite_tensors,
     set_rng_state,
+    stored_config,
 )
 from twist.engine.run_lock import LOCK_NAME
 
@@ -66,34 +68,35 @@ def restore_run(path: str, cfg: dict[str, Any], model, teacher, optimizer, scale
     (naming every key with both values), and a checkpoint that holds NaN or inf.
     """
     state = load_weights_only(path)
-    if not isinstance(state, Mapping) or "step" not in state:
+    if not isinstance(state, Mapping) or Entry.STEP not in state:
         raise CheckpointError(f"'{path}' is not a checkpoint twist-train wrote (no step, model and optimizer "
                               f"state): move it out of the run folder, or {_start_over_hint(path)}")
     changes: dict[str, list] = {}
-    if isinstance(state.get("config"), dict):
-        changes, refused = resume_changes(state["config"], cfg)
+    stored = stored_config(state)
+    if stored is not None:
+        changes, refused = resume_changes(stored, cfg)
         if refused:
             raise ConfigError(f"'{path}' was written under another config, which a resumed run may not change: "
                               f"{describe_changes(refused)}; resume with the stored values, or "
                               f"{_start_over_hint(path)}")
-    bad = nonfinite_tensors({key: state[key] for key in ("model", "teacher", "optimizer") if key in state})
+    bad = nonfinite_tensors({key: state[key] for key in (Entry.MODEL, Entry.TEACHER, Entry.OPTIMIZER) if key in state})
     if bad:
         raise CheckpointError(f"checkpoint '{path}' holds NaN or inf in {describe_tensors(bad)}, so it cannot be "
                               f"resumed: {_start_over_hint(path)}")
-    load_fitting(model, state, path, "model")
+    load_fitting(model, state, path, Entry.MODEL)
     if teacher is not None:
-        load_fitting(teacher.model, state, path, "teacher")
+        load_fitting(teacher.model, state, path, Entry.TEACHER)
     try:
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        optimizer.load_state_dict(state[Entry.OPTIMIZER])
+        scaler.load_state_dict(state[Entry.SCALER])
     except (KeyError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint '{path}': its optimizer state does not fit this config ({err}): "
                               f"{_start_over_hint(path)}") from None
-    if len(state["rng"]) != world_size:
-        raise CheckpointError(f"checkpoint '{path}' was written by {len(state['rng'])} ranks; "
+    if len(state[Entry.RNG]) != world_size:
+        raise CheckpointError(f"checkpoint '{path}' was written by {len(state[Entry.RNG])} ranks; "
                               f"resume it with the same number ({world_size} now)")
-    set_rng_state(state["rng"][rank])
-    return state["step"], changes
+    set_rng_state(state[Entry.RNG][rank])
+    return state[Entry.STEP], changes
 
 
 def move_run_aside(output_dir: str) -> str | None:

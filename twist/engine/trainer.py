@@ -12,27 +12,35 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from twist.atomic import atomic_write
-from twist.config import ConfigError, save_config
+from twist.config import save_config
 from twist.data import DatasetError, EpochSampler, ViewsDataset, build_source, build_train_transform, collate_views
 from twist.data.datasets import SkippedImage
 from twist.data.device_augment import DeviceAugment, build_view_planner, collate_planned, view_sizes
+from twist.data.view_specs import view_stages
 from twist.distributed import (
     DistEnv,
-    all_gather_cat,
-    all_reduce_mean,
     init_distributed,
     reduce_for_logging,
     synchronise_batch_norms,
     world_size,
 )
-from twist.engine.checkpoint import atomic_torch_save, describe_tensors, nonfinite_tensors, rng_state
+from twist.engine.checkpoint import (
+    Entry,
+    atomic_torch_save,
+    describe_tensors,
+    nonfinite_tensors,
+    rng_state,
+    training_checkpoint,
+)
 from twist.engine.logging import RunLog, WandbRun, plot_training_curves
 from twist.engine.monitors import RunMonitors
 from twist.engine.optim import apply_schedules, build_optimizer, build_schedules
@@ -40,8 +48,8 @@ from twist.engine.resume import clear_stale_temporaries, describe_changes, move_
 from twist.engine.run_lock import RunFolderLocked, RunLock
 from twist.engine.runtime import autocast_dtype, resolve_device, seed_everything
 from twist.eval.cluster import evaluate_clusters
-from twist.losses import BarlowTwinsLoss, SelfLabelLoss, TwistLoss, WMSELoss
-from twist.models import build_model
+from twist.methods import Method, build_method
+from twist.models import TwinModel, build_model
 from twist.models.teacher import EMATeacher
 
 CHECKPOINT = "checkpoint.pth"
@@ -61,13 +69,12 @@ class TrainingDiverged(RuntimeError):
 def build_train_loader(cfg: dict[str, Any], device: torch.device,
                        env: DistEnv = DistEnv()) -> tuple[DataLoader, EpochSampler]:
     data = cfg["data"]
-    sl = cfg["self_label"]
     # With augment.on_device the workers return the decoded image and every view's drawn parameters.
     build, collate = ((build_view_planner, collate_planned) if cfg["augment"]["on_device"]
                       else (build_train_transform, collate_views))
-    later = [(sl["start_epoch"], build(cfg, self_labeling=True))] if sl["enabled"] else []
-    dataset = ViewsDataset(build_source(cfg, data["train_split"]), build(cfg), cfg["seed"],
-                           skip_corrupt=data["skip_corrupt"], later_stages=later)
+    stages = [(start_epoch, build(cfg, index)) for index, (start_epoch, _) in enumerate(view_stages(cfg))]
+    dataset = ViewsDataset(build_source(cfg, data["train_split"]), stages[0][1], cfg["seed"],
+                           skip_corrupt=data["skip_corrupt"], later_stages=stages[1:])
     sampler = EpochSampler(len(dataset), cfg["train"]["batch_size"], seed=cfg["seed"], rank=env.rank,
                            world_size=env.world_size)
     workers = data["num_workers"]
@@ -88,24 +95,6 @@ def gathered_rng_states() -> list[dict[str, Any]]:
         states = [None] * world_size()
         torch.distributed.all_gather_object(states, rng_state())
     return states
-
-
-def save_checkpoint(path: str, model, teacher, optimizer, scaler, step: int, epoch: int,
-                    cfg: dict[str, Any], rng_states: list[dict[str, Any]]) -> None:
-    state = {
-        "model": model.state_dict(),
-        "backbone": model.backbone.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "step": step,
-        "epoch": epoch,
-        "rng": rng_states,
-        "config": cfg,
-    }
-    if teacher is not None:
-        state["teacher"] = teacher.model.state_dict()
-        state["teacher_backbone"] = teacher.model.backbone.state_dict()
-    atomic_torch_save(state, path)
 
 
 def take_run_folder(output_dir: str, env: DistEnv, restart: bool) -> RunLock | None:
@@ -224,25 +213,15 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, unit="step")
 
 
-def nbs_ranks_per_bunch(cfg: dict[str, Any], world: int) -> int:
-    """How many consecutive ranks share NBS statistics: ``model.head.nbs_bunch_size`` images, or all."""
-    bunch, batch = cfg["model"]["head"]["nbs_bunch_size"], cfg["train"]["batch_size"]
-    if bunch == 0:
-        return world
-    if bunch % batch or world % (bunch // batch):
-        raise ConfigError(f"model.head.nbs_bunch_size={bunch} must be a multiple of train.batch_size={batch}, and "
-                          f"the world size ({world}) a multiple of bunch/batch ({bunch / batch:g}) ranks")
-    return bunch // batch
-
-
-def build_distributed_model(cfg: dict[str, Any], device: torch.device, env: DistEnv):
+def build_distributed_model(cfg: dict[str, Any], method: Method, device: torch.device, env: DistEnv):
     """The twin model on ``device``; across ranks, every batch norm synchronised (TWIST's NBS per bunch)."""
     model = build_model(cfg).to(device)
     if env.enabled:
         synchronise_batch_norms(model.backbone, env.world_size, device.type)
         synchronise_batch_norms(model.head.mlp, env.world_size, device.type)
-        if cfg["method"] == "twist":
-            synchronise_batch_norms(model.head, nbs_ranks_per_bunch(cfg, env.world_size), device.type)
+        head_ranks = method.head_norm_ranks(cfg["train"]["batch_size"], env.world_size)
+        if head_ranks is not None:
+            synchronise_batch_norms(model.head, head_ranks, device.type)
     if cfg["train"]["channels_last"]:
         model.backbone.to(memory_format=torch.channels_last)
     if cfg["train"]["compile"]:
@@ -250,37 +229,11 @@ def build_distributed_model(cfg: dict[str, Any], device: torch.device, env: Dist
     return model
 
 
-class MethodLoss:
-    """The objective of ``cfg['method']`` as one call: ``(outputs, step, indices) -> terms``.
-
-    Every objective reduces exactly across ranks: the loss and its gradients are those of the global
-    batch. W-MSE's random sub-batches come from a generator seeded by (seed, step), the same on every
-    rank and again after a resume.
-    """
-
-    def __init__(self, cfg: dict[str, Any]):
-        self.method, self.seed = cfg["method"], cfg["seed"]
-        if self.method == "barlow_twins":
-            self.loss = BarlowTwinsLoss(cfg["barlow_twins"]["lam"], batch_mean=all_reduce_mean, gather=all_gather_cat)
-        elif self.method == "wmse":
-            wm = cfg["wmse"]
-            self.loss = WMSELoss(wm["w_size"], wm["w_iter"], wm["w_eps"], wm["normalize"], gather=all_gather_cat)
-        else:
-            self.loss = TwistLoss(**cfg["loss"], batch_mean=all_reduce_mean)
-
-    def __call__(self, outputs, step: int, indices: torch.Tensor, teacher_outputs=None) -> dict[str, torch.Tensor]:
-        if self.method == "wmse":
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-            return self.loss(outputs, generator, keys=indices)
-        if self.method == "barlow_twins":
-            return self.loss(outputs)
-        return self.loss(outputs, teacher_outputs)
-
-
 def training_state(model, teacher, optimizer) -> dict[str, Any]:
     """The tensors a checkpoint carries that training changes: the ones to check for NaN and inf."""
-    return {"model": model.state_dict(), "teacher": teacher.model.state_dict() if teacher is not None else {},
-            "optimizer": optimizer.state_dict()}
+    return {Entry.MODEL: model.state_dict(),
+            Entry.TEACHER: teacher.model.state_dict() if teacher is not None else {},
+            Entry.OPTIMIZER: optimizer.state_dict()}
 
 
 def export_backbones(output_dir: str, model, teacher, finite: FiniteCheckpoints, step: int) -> None:
@@ -316,156 +269,229 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None, re
         return _run(cfg, output_dir, device, env, max_steps, cleanup)
 
 
-def _run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: DistEnv, max_steps: int | None,
-         cleanup: contextlib.ExitStack) -> dict[str, Any]:
+@dataclass
+class Run:
+    """Everything one pretraining run holds while it trains; ``step`` counts optimiser steps in total."""
+
+    cfg: dict[str, Any]
+    output_dir: str
+    device: torch.device
+    env: DistEnv
+    amp_dtype: torch.dtype | None
+    loader: DataLoader
+    sampler: EpochSampler
+    model: TwinModel  # the module itself; ``trained`` is what the step calls (DDP across ranks)
+    teacher: EMATeacher | None
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedules: dict[str, np.ndarray]
+    steps_per_epoch: int
+    total_steps: int
+    finite: FiniteCheckpoints
+    step: int = 0
+    stop_at: int = 0
+    trained: torch.nn.Module | None = None
+    log: RunLog | None = None
+    bar: Any = None
+    monitors: RunMonitors | None = None
+    skips: SkippedImages | None = None
+    device_augment: DeviceAugment | None = None
+
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.output_dir, CHECKPOINT)
+
+
+def build_run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: DistEnv) -> Run:
+    """Data, model (and teacher), objective, optimiser and every schedule of the run, precomputed."""
     amp_dtype = autocast_dtype(cfg["train"]["precision"], device)
     seed_everything(cfg["seed"])  # the same initial weights on every rank
-
+    method = build_method(cfg)
+    method.check_batch(cfg["train"]["batch_size"], env.world_size)
     loader, sampler = build_train_loader(cfg, device, env)
-    model = build_distributed_model(cfg, device, env)
-    teacher = (EMATeacher(build_distributed_model(cfg, device, env), model) if cfg["teacher"]["enabled"]
+    model = build_distributed_model(cfg, method, device, env)
+    teacher = (EMATeacher(build_distributed_model(cfg, method, device, env), model) if cfg["teacher"]["enabled"]
                else None)
-    global_batch = cfg["train"]["batch_size"] * env.world_size
-    if cfg["method"] == "wmse" and global_batch % cfg["wmse"]["w_size"]:
-        raise ConfigError(f"the global batch ({cfg['train']['batch_size']} x {env.world_size} processes = "
-                          f"{global_batch}) must be a multiple of wmse.w_size ({cfg['wmse']['w_size']})")
-    method_loss = MethodLoss(cfg)
-    self_label_loss = SelfLabelLoss(cfg["loss"]["tau"])
     optimizer = build_optimizer(model, cfg["optim"])
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    epochs, steps_per_epoch = cfg["train"]["epochs"], sampler.batches_per_epoch
-    total_steps = epochs * steps_per_epoch
-    schedules = build_schedules(cfg, steps_per_epoch, global_batch=global_batch)
-    self_label_from = (cfg["self_label"]["start_epoch"] * steps_per_epoch if cfg["self_label"]["enabled"]
-                       else total_steps)
+    steps_per_epoch = sampler.batches_per_epoch
+    total_steps = cfg["train"]["epochs"] * steps_per_epoch
+    schedules = build_schedules(cfg, steps_per_epoch, global_batch=cfg["train"]["batch_size"] * env.world_size)
+    method.prepare(steps_per_epoch, schedules)
+    finite = FiniteCheckpoints(os.path.join(output_dir, CHECKPOINT), device, collective=env.enabled)
+    return Run(cfg, output_dir, device, env, amp_dtype, loader, sampler, model, teacher, method, optimizer, scaler,
+               schedules, steps_per_epoch, total_steps, finite)
 
-    step, changes = 0, None
-    checkpoint_path = os.path.join(output_dir, CHECKPOINT)
-    finite = FiniteCheckpoints(checkpoint_path, device, collective=env.enabled)
-    if os.path.exists(checkpoint_path):
-        step, changes = restore_run(checkpoint_path, cfg, model, teacher, optimizer, scaler, env.rank, env.world_size)
-        finite.step = step  # restore_run refuses a checkpoint that holds NaN or inf
-        if env.is_main:
-            changed = f"; changed: {describe_changes(changes)}" if changes else ""
-            print(f"resumed from {checkpoint_path} at step {step} (epoch {step // steps_per_epoch}){changed}")
-    else:
-        torch.manual_seed(cfg["seed"] + env.rank)  # each rank its own dropout stream
-    # Only rank 0 writes; the others keep no handle on the output directory.
+
+def resume(run: Run) -> dict[str, list] | None:
+    """Continue from the run folder's checkpoint, if there is one; the changed config keys, if resumed."""
+    path, env = run.checkpoint_path, run.env
+    if not os.path.exists(path):
+        torch.manual_seed(run.cfg["seed"] + env.rank)  # each rank its own dropout stream
+        return None
+    run.step, changes = restore_run(path, run.cfg, run.model, run.teacher, run.optimizer, run.scaler, env.rank,
+                                    env.world_size)
+    run.finite.step = run.step  # restore_run refuses a checkpoint that holds NaN or inf
     if env.is_main:
-        save_config(cfg, os.path.join(output_dir, CONFIG))
-    wandb = (WandbRun(cfg["logging"], cfg, output_dir, job_type="pretrain")
-             if env.is_main and cfg["logging"]["wandb"] else None)
-    log = (cleanup.enter_context(contextlib.closing(RunLog(output_dir, continue_from=step, wandb=wandb)))
-           if env.is_main else None)
-    if log is not None and changes is not None:
-        log.write({"kind": "resume", "step": step, "checkpoint": checkpoint_path, "changed": changes})
-    stop_at = total_steps if max_steps is None else min(max_steps, total_steps)
-    checkpoint_every = cfg["train"]["checkpoint_every"]
-    bar = _progress(stop_at, step, cfg["train"]["progress_bar"] and env.is_main)
-    raw_model = model
+        changed = f"; changed: {describe_changes(changes)}" if changes else ""
+        print(f"resumed from {path} at step {run.step} (epoch {run.step // run.steps_per_epoch}){changed}")
+    return changes
+
+
+def start_reporting(run: Run, changes: dict[str, list] | None, max_steps: int | None,
+                    cleanup: contextlib.ExitStack) -> None:
+    """The saved config, the log (rank 0 only: the others keep no handle on the run folder), the
+    progress bar, the monitors, and the model wrapped for training across ranks."""
+    cfg, env = run.cfg, run.env
+    if env.is_main:
+        save_config(cfg, os.path.join(run.output_dir, CONFIG))
+        wandb = (WandbRun(cfg["logging"], cfg, run.output_dir, job_type="pretrain") if cfg["logging"]["wandb"]
+                 else None)
+        run.log = cleanup.enter_context(contextlib.closing(RunLog(run.output_dir, continue_from=run.step,
+                                                                  wandb=wandb)))
+        if changes is not None:
+            run.log.write({"kind": "resume", "step": run.step, "checkpoint": run.checkpoint_path, "changed": changes})
+    run.stop_at = run.total_steps if max_steps is None else min(max_steps, run.total_steps)
+    run.bar = _progress(run.stop_at, run.step, cfg["train"]["progress_bar"] and env.is_main)
+    run.trained = run.model
     if env.enabled:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    model.train()
-    monitors = RunMonitors(cfg, raw_model, loader.dataset.source, device, env, amp_dtype)
-    cleanup.callback(monitors.close)
+        device_ids = [run.device.index] if run.device.type == "cuda" else None
+        run.trained = DistributedDataParallel(run.model, device_ids=device_ids)
+    run.trained.train()
+    run.monitors = RunMonitors(cfg, run.model, run.loader.dataset.source, run.device, env, run.amp_dtype)
+    cleanup.callback(run.monitors.close)
+    run.skips = SkippedImages(len(run.loader.dataset), cfg["data"]["max_skipped_fraction"])
+    if cfg["augment"]["on_device"]:
+        run.device_augment = DeviceAugment(view_sizes(cfg)).to(run.device)
 
-    def checkpoint(epoch: int) -> None:
-        finite.require(training_state(raw_model, teacher, optimizer), step, checkpoint_path)
-        rng_states = gathered_rng_states()  # collective: every rank takes part
-        if env.is_main:
-            save_checkpoint(checkpoint_path, raw_model, teacher, optimizer, scaler, step, epoch, cfg, rng_states)
-        finite.step = step
 
-    skips = SkippedImages(len(loader.dataset), cfg["data"]["max_skipped_fraction"])
-    gather_skips = cfg["data"]["skip_corrupt"] and env.enabled  # rank 0 logs every rank's, at logging steps
+def save_training_checkpoint(run: Run, epoch: int) -> None:
+    """Checked for NaN and inf first; every rank takes part (the RNG states are gathered), rank 0 writes."""
+    run.finite.require(training_state(run.model, run.teacher, run.optimizer), run.step, run.checkpoint_path)
+    rng_states = gathered_rng_states()
+    if run.env.is_main:
+        atomic_torch_save(training_checkpoint(run.model, run.teacher, run.optimizer, run.scaler, run.step, epoch,
+                                              run.cfg, rng_states), run.checkpoint_path)
+    run.finite.step = run.step
+
+
+def batch_views(run: Run, batch) -> tuple[list[torch.Tensor] | None, torch.Tensor, torch.Tensor]:
+    """The batch's views on the training device, after noting (and checking) its unreadable images."""
+    views, labels, indices, skipped = batch
+    if skipped:
+        run.skips.add(skipped, run.step + 1)
+        if not run.env.enabled:
+            run.skips.publish(run.log, gather=False)
+        run.skips.check(run.step + 1, skipped, kept=views is not None)
+    if run.device_augment is not None:
+        images, plans = views
+        views = run.device_augment(images.to(run.device, non_blocking=True), plans)  # plans stay on the host
+    memory_format = torch.channels_last if run.cfg["train"]["channels_last"] else torch.contiguous_format
+    return [v.to(run.device, non_blocking=True, memory_format=memory_format) for v in views], labels, indices
+
+
+def train_step(run: Run, views: list[torch.Tensor], labels: torch.Tensor,
+               indices: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Schedule → forward → loss → optimiser step → teacher: one step of the run."""
+    apply_schedules(run.optimizer, run.schedules, run.step, run.cfg["optim"]["bias_lr_ratio"])
+    run.monitors.expect_features(views[0].shape[0])
+    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+        outputs = run.trained(views)
+        teacher_outputs = run.teacher(views[:2]) if run.teacher is not None else None  # globals only
+    terms = run.method.loss(outputs, run.step, indices, teacher_outputs)
+    optimizer_step(terms["loss"], run.trained, run.optimizer, run.scaler, run.cfg["optim"]["clip_grad_norm"])
+    run.monitors.after_step(labels)
+    if run.teacher is not None:
+        run.teacher.update(run.model, float(run.schedules["momentum"][run.step]))
+    run.step += 1
+    run.bar.update(1)
+    return terms
+
+
+def log_step(run: Run, terms: dict[str, torch.Tensor], epoch: int, seconds: float, images: int) -> None:
+    """The loss terms averaged over ranks (a collective), the schedules' values, the speed, the monitors."""
+    names = list(terms)
+    values = dict(zip(names, reduce_for_logging(torch.stack([terms[k].detach().float() for k in names])).tolist()))
+    if not math.isfinite(values["loss"]):
+        raise TrainingDiverged(f"loss is {values['loss']} at step {run.step}; {run.finite.last()}")
+    if run.cfg["data"]["skip_corrupt"] and run.env.enabled:  # rank 0 logs every rank's, at logging steps
+        run.skips.publish(run.log, gather=True)
+    group = run.optimizer.param_groups[0]
+    record = {"kind": "train", "stage": run.method.stage(run.step), "step": run.step, "epoch": epoch, **values,
+              "lr": group["lr"], "weight_decay": group["weight_decay"],
+              "images_per_s": run.env.world_size * images / max(seconds, 1e-9), "skipped_images": run.skips.total}
+    monitor_records = run.monitors.at_logging_step(run.step, epoch)  # collective
+    if run.log is not None:
+        for written in (record, *monitor_records):
+            run.log.write(written)
+    run.bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.3g}", img_s=f"{record['images_per_s']:.0f}")
+
+
+def train_one_epoch(run: Run, epoch: int) -> None:
+    """The steps of ``epoch`` from where the run stands, to the epoch's end or the run's stop."""
+    cfg = run.cfg
+    run.sampler.set_epoch(epoch, run.step - epoch * run.steps_per_epoch)
     window_start, window_images = time.perf_counter(), 0
-    memory_format = torch.channels_last if cfg["train"]["channels_last"] else torch.contiguous_format
-    device_augment = DeviceAugment(view_sizes(cfg)).to(device) if cfg["augment"]["on_device"] else None
+    for batch in run.loader:
+        views, labels, indices = batch_views(run, batch)
+        terms = train_step(run, views, labels, indices)
+        window_images += views[0].shape[0]
+        if run.step % cfg["train"]["log_every"] == 0 or run.step == run.stop_at:
+            log_step(run, terms, epoch, time.perf_counter() - window_start, window_images)
+            window_start, window_images = time.perf_counter(), 0
+        if cfg["train"]["checkpoint_every"] and run.step % cfg["train"]["checkpoint_every"] == 0:
+            save_training_checkpoint(run, epoch)
+        if run.step >= run.stop_at:
+            break
 
-    while step < stop_at:
-        epoch, start_batch = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch, start_batch)
-        for batch in loader:
-            apply_schedules(optimizer, schedules, step, cfg["optim"]["bias_lr_ratio"])
-            views, labels, indices, skipped = batch
-            if skipped:
-                skips.add(skipped, step + 1)
-                if not env.enabled:
-                    skips.publish(log, gather=False)
-                skips.check(step + 1, skipped, kept=views is not None)
-            if device_augment is not None:
-                images, plans = views
-                views = device_augment(images.to(device, non_blocking=True), plans)  # plans stay on the host
-            views = [v.to(device, non_blocking=True, memory_format=memory_format) for v in views]
 
-            monitors.expect_features(views[0].shape[0])
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(views)
-                teacher_logits = teacher(views[:2]) if teacher is not None else None  # globals only
-            if step >= self_label_from:
-                terms = self_label_loss(logits, float(schedules["quantile"][step]), teacher_logits)
-            else:
-                terms = method_loss(logits, step, indices, teacher_logits)
-            optimizer_step(terms["loss"], model, optimizer, scaler, cfg["optim"]["clip_grad_norm"])
-            monitors.after_step(labels)
-            if teacher is not None:
-                teacher.update(raw_model, float(schedules["momentum"][step]))
-            step += 1
-            window_images += views[0].shape[0]
-            bar.update(1)
+def end_epoch(run: Run, epoch: int) -> None:
+    """At an epoch's end (or the run's stop): the kNN monitor, then the checkpoint, so that a run killed
+    while the monitor runs repeats the epoch and its monitor."""
+    finished_epoch = run.step % run.steps_per_epoch == 0
+    knn_record = run.monitors.at_epoch_end(run.step, run.step // run.steps_per_epoch) if finished_epoch else None
+    if knn_record is not None and run.log is not None:
+        run.log.write(knn_record)
+    save_training_checkpoint(run, run.step // run.steps_per_epoch)
+    if run.cfg["data"]["skip_corrupt"] and run.env.enabled:
+        run.skips.publish(run.log, gather=True)
+    if run.log is not None:
+        run.log.write({"kind": "epoch", "step": run.step, "epoch": epoch, "skipped_images": run.skips.total})
 
-            if step % cfg["train"]["log_every"] == 0 or step == stop_at:
-                names = list(terms)
-                reduced = reduce_for_logging(torch.stack([terms[k].detach().float() for k in names]))
-                values = dict(zip(names, reduced.tolist()))  # means over ranks: the global figures
-                if not math.isfinite(values["loss"]):
-                    raise TrainingDiverged(f"loss is {values['loss']} at step {step}; {finite.last()}")
-                if gather_skips:
-                    skips.publish(log, gather=True)
-                elapsed = time.perf_counter() - window_start
-                stage = "self_label" if step > self_label_from else cfg["method"]
-                record = {"kind": "train", "stage": stage, "step": step, "epoch": epoch, **values,
-                          "lr": optimizer.param_groups[0]["lr"],
-                          "weight_decay": optimizer.param_groups[0]["weight_decay"],
-                          "images_per_s": env.world_size * window_images / max(elapsed, 1e-9),
-                          "skipped_images": skips.total}
-                monitor_records = monitors.at_logging_step(step, epoch)  # collective
-                if log is not None:
-                    for written in (record, *monitor_records):
-                        log.write(written)
-                bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.3g}",
-                                img_s=f"{record['images_per_s']:.0f}")
-                window_start, window_images = time.perf_counter(), 0
-            if checkpoint_every and step % checkpoint_every == 0:
-                checkpoint(epoch)
-            if step >= stop_at:
-                break
-        if step % steps_per_epoch == 0 or step >= stop_at:
-            # Before the checkpoint: a run killed while the monitor runs repeats the epoch and its monitor.
-            knn_record = monitors.at_epoch_end(step, step // steps_per_epoch) if step % steps_per_epoch == 0 else None
-            if knn_record is not None:
-                window_start += knn_record["seconds"]  # images_per_s measures training alone
-                if log is not None:
-                    log.write(knn_record)
-            checkpoint(step // steps_per_epoch)
-            if gather_skips:
-                skips.publish(log, gather=True)
-            if log is not None:
-                log.write({"kind": "epoch", "step": step, "epoch": epoch, "skipped_images": skips.total})
-    bar.close()
-    result: dict[str, Any] = {"step": step, "finished": step >= total_steps}
-    if not env.is_main:
+
+def finish(run: Run) -> dict[str, Any]:
+    """The backbones exported and, once the run is complete, evaluated and plotted (rank 0 only)."""
+    result: dict[str, Any] = {"step": run.step, "finished": run.step >= run.total_steps}
+    if not run.env.is_main:
         return result
-    model = raw_model
-
-    export_backbones(output_dir, model, teacher, finite, step)
-    if step >= total_steps and cfg["eval"]["enabled"]:
-        metrics = evaluate_clusters(model, cfg, device, amp_dtype, kmeans=cfg["eval"]["kmeans_baseline"])
-        atomic_write(os.path.join(output_dir, METRICS), lambda f: json.dump(metrics, f, indent=2),
+    export_backbones(run.output_dir, run.model, run.teacher, run.finite, run.step)
+    cfg = run.cfg
+    if result["finished"] and cfg["eval"]["enabled"]:
+        metrics = evaluate_clusters(run.model, cfg, run.device, run.amp_dtype, kmeans=cfg["eval"]["kmeans_baseline"])
+        atomic_write(os.path.join(run.output_dir, METRICS), lambda f: json.dump(metrics, f, indent=2),
                      binary=False)
-        log.write({"kind": "eval", "step": step, **{k: v for k, v in metrics.items() if k != "baseline"}})
+        run.log.write({"kind": "eval", "step": run.step, **{k: v for k, v in metrics.items() if k != "baseline"}})
         result["metrics"] = metrics
-    log.close()
-    if step >= total_steps:
-        plot_training_curves(log.path, os.path.join(output_dir, CURVES))
+    run.log.close()
+    if result["finished"]:
+        plot_training_curves(run.log.path, os.path.join(run.output_dir, CURVES))
     return result
+
+
+def _run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: DistEnv, max_steps: int | None,
+         cleanup: contextlib.ExitStack) -> dict[str, Any]:
+    # ---- build: data, model, objective, optimiser, schedules ----
+    run = build_run(cfg, output_dir, device, env)
+    # ---- resume, then the log, the monitors and the model wrapped for several ranks ----
+    changes = resume(run)
+    start_reporting(run, changes, max_steps, cleanup)
+    # ---- train ----
+    while run.step < run.stop_at:
+        epoch = run.step // run.steps_per_epoch
+        train_one_epoch(run, epoch)
+        if run.step % run.steps_per_epoch == 0 or run.step >= run.stop_at:
+            end_epoch(run, epoch)
+    run.bar.close()
+    # ---- finish: export, evaluation ----
+    return finish(run)

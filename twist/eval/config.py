@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twist.config import ConfigError, Schema, check_data_section, read_yaml
+from twist.config import SHARED_CHOICES, SHARED_DATA, SHARED_RANGES, ConfigError, Schema, check_data_section, read_yaml
+from twist.engine.checkpoint import stored_config
 
 PROTOCOLS = ("linear", "knn", "semisup", "cluster")
 
@@ -25,18 +26,10 @@ EVAL_DEFAULTS: dict[str, Any] = {
         "small_input": False,
     },
     "data": {
-        "dataset": "folder",
-        "path": "",
+        **SHARED_DATA,
         # The labelled split the classifiers train on, and the held-out split they are scored on.
         "train_split": "train",
         "val_split": "val",
-        "image_size": 224,
-        "num_samples": 512,
-        "num_classes": 10,
-        "list_file": "",
-        "val_list_file": "",
-        "num_workers": 8,
-        "pin_memory": True,
     },
     # The supervised protocols' training views (linear in 'augmented' mode, semisup).
     "augment": {
@@ -92,22 +85,14 @@ EVAL_DEFAULTS: dict[str, Any] = {
 }
 
 EVAL_CHOICES: dict[str, tuple[str, ...]] = {
-    "device": ("auto", "cpu", "cuda"),
+    **SHARED_CHOICES,
     "precision": ("fp32", "bf16", "fp16"),
-    "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet50w2", "resnet50w4", "deit_small", "vit_base"),
-    "data.dataset": ("folder", "filelist", "lmdb", "digits", "synthetic"),
-    "augment.pipeline": ("barlow", "small_gray"),
     "augment.interpolation": ("bilinear", "bicubic"),
     "linear.mode": ("auto", "cached", "augmented", "uncached"),
 }
 
 EVAL_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "data.image_size": (8, None),
-    "data.num_samples": (1, None),
-    "data.num_classes": (1, None),
-    "data.num_workers": (0, None),
-    "augment.hflip": (0.0, 1.0),
-    "augment.backdrop": (0.0, 1.0),
+    **SHARED_RANGES,
     "features.batch_size": (1, None),
     "features.vit_last_blocks": (1, 12),
     "linear.cache_max_images": (0, None),
@@ -176,8 +161,9 @@ def inherited_from_pretraining(pretrain_cfg: dict[str, Any]) -> dict[str, Any]:
 
 def pretraining_config_of(weights_path: str, checkpoint: Any) -> tuple[dict[str, Any] | None, str | None]:
     """The pretraining config of a checkpoint: stored inside it, or ``config.yaml`` in its folder."""
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), dict):
-        return checkpoint["config"], f"{weights_path} (stored config)"
+    stored = stored_config(checkpoint)
+    if stored is not None:
+        return stored, f"{weights_path} (stored config)"
     beside = os.path.join(os.path.dirname(os.path.abspath(weights_path)), "config.yaml")
     if os.path.isfile(beside):
         with open(beside, encoding="utf-8") as f:

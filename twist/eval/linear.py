@@ -12,7 +12,7 @@ the paper's ResNet-50 protocol: SGD (momentum 0.9, no weight decay), lr 0.2 for 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -52,6 +52,49 @@ def epoch_sampler(session: EvalSession, num_samples: int, batch: int, key: str) 
         raise ConfigError(f"'{key}': {err}") from None
 
 
+def _cached_epoch(model, optimizer, scaler, sampler, batch: int, feats: torch.Tensor, labels: torch.Tensor,
+                  device: torch.device) -> Callable[[int], torch.Tensor]:
+    """One epoch of the classifier over features extracted once (the mean loss)."""
+    def train_epoch(epoch: int) -> torch.Tensor:
+        sampler.set_epoch(epoch)
+        order = torch.tensor([index for _, index in sampler]).view(-1, batch)
+        losses = [classification_step(model, optimizer, feats[rows].to(device), labels[rows].to(device), None,
+                                      scaler) for rows in order]
+        return torch.stack(losses).mean()
+    return train_epoch
+
+
+def _streamed_epoch(session: EvalSession, source, model, optimizer, scaler, sampler, batch: int, extractor,
+                    view) -> Callable[[int], torch.Tensor]:
+    """One epoch of the classifier over images read (and, with the training view, augmented) anew."""
+    cfg, device = session.cfg, session.device
+    dataset = ViewsDataset(source, MultiView([view]), cfg["seed"])
+    workers = cfg["data"]["num_workers"]
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
+                        collate_fn=collate_views, pin_memory=cfg["data"]["pin_memory"] and device.type == "cuda",
+                        persistent_workers=workers > 0)
+    dtype = session.autocast_dtype
+
+    def train_epoch(epoch: int) -> torch.Tensor:
+        sampler.set_epoch(epoch)
+        losses = []
+        for views, labels, _, _ in loader:
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                feats = extractor(views[0].to(device, non_blocking=True)).float()
+            losses.append(classification_step(model, optimizer, feats, labels.to(device), None, scaler))
+        return torch.stack(losses).mean()
+    return train_epoch
+
+
+@torch.no_grad()
+def _top_accuracies(classifier, feats: torch.Tensor, labels: torch.Tensor, device: torch.device) -> tuple[float, float]:
+    top1 = top5 = 0
+    for start in range(0, len(feats), 8192):
+        c1, c5 = topk_correct(classifier(feats[start:start + 8192].to(device)), labels[start:start + 8192])
+        top1, top5 = top1 + c1, top5 + c5
+    return top1 / len(feats), top5 / len(feats)
+
+
 def run_linear(session: EvalSession) -> dict[str, Any]:
     cfg, env, device = session.cfg, session.env, session.device
     lin = cfg["linear"]
@@ -85,38 +128,13 @@ def run_linear(session: EvalSession) -> dict[str, Any]:
     sampler = epoch_sampler(session, len(train_source), batch, "linear.batch_size")
 
     if mode == "cached":
-        def train_epoch(epoch: int) -> torch.Tensor:
-            sampler.set_epoch(epoch)
-            order = torch.tensor([index for _, index in sampler]).view(-1, batch)
-            losses = [classification_step(model, optimizer, train_feats[rows].to(device),
-                                          train_labels[rows].to(device), None, scaler) for rows in order]
-            return torch.stack(losses).mean()
+        train_epoch = _cached_epoch(model, optimizer, scaler, sampler, batch, train_feats, train_labels, device)
     else:
-        view = train_view if mode == "augmented" else eval_view
-        dataset = ViewsDataset(train_source, MultiView([view]), cfg["seed"])
-        workers = cfg["data"]["num_workers"]
-        loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
-                            collate_fn=collate_views, pin_memory=cfg["data"]["pin_memory"] and device.type == "cuda",
-                            persistent_workers=workers > 0)
+        train_epoch = _streamed_epoch(session, train_source, model, optimizer, scaler, sampler, batch, extractor,
+                                      train_view if mode == "augmented" else eval_view)
 
-        def train_epoch(epoch: int) -> torch.Tensor:
-            sampler.set_epoch(epoch)
-            losses = []
-            for views, labels, _, _ in loader:
-                with torch.no_grad(), torch.autocast(device.type, dtype=session.autocast_dtype,
-                                                     enabled=session.autocast_dtype is not None):
-                    feats = extractor(views[0].to(device, non_blocking=True)).float()
-                losses.append(classification_step(model, optimizer, feats, labels.to(device), None, scaler))
-            return torch.stack(losses).mean()
-
-    @torch.no_grad()
     def evaluate() -> tuple[float, float]:
-        top1 = top5 = 0
-        for start in range(0, len(val_feats), 8192):
-            logits = classifier(val_feats[start:start + 8192].to(device))
-            c1, c5 = topk_correct(logits, val_labels[start:start + 8192])
-            top1, top5 = top1 + c1, top5 + c5
-        return top1 / len(val_feats), top5 / len(val_feats)
+        return _top_accuracies(classifier, val_feats, val_labels, device)
 
     history = fit(session, classifier, optimizer, lin["epochs"], lin["eval_every"], train_epoch, evaluate,
                   desc="linear")

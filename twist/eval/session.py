@@ -14,7 +14,7 @@ from twist.config import ConfigError, save_config
 from twist.data import DatasetError, EvalDataset, build_source
 from twist.data.transforms import build_classification_transforms
 from twist.distributed import DistEnv, init_distributed
-from twist.engine.checkpoint import CheckpointError
+from twist.engine.checkpoint import CheckpointError, Entry, stored_config
 from twist.engine.runtime import autocast_dtype, resolve_device, seed_everything
 from twist.eval.config import EVAL, inherited_from_pretraining, pretraining_config_of
 from twist.eval.features import FeatureExtractor
@@ -154,11 +154,12 @@ def require_full_checkpoint(session: EvalSession) -> tuple[dict[str, torch.Tenso
     if weights is None:
         raise CheckpointError(f"{session.protocol} reads the TWIST head: pass --checkpoint with a full "
                               f"checkpoint.pth of this project")
-    entry = "teacher" if session.teacher else "model"
+    entry = Entry.TEACHER if session.teacher else Entry.MODEL
     obj = weights.checkpoint
-    if not (isinstance(obj, dict) and isinstance(obj.get(entry), dict) and isinstance(obj.get("config"), dict)):
+    config = stored_config(obj)
+    if not (config is not None and isinstance(obj.get(entry), dict)):
         raise CheckpointError(f"{session.protocol} reads the TWIST head, but '{weights.path}' has no '{entry}' "
                               f"entry with a stored config (its backbone came from '{weights.where}'); pass the "
                               f"run's full checkpoint.pth instead of backbone-only weights")
     refuse_nonfinite(obj[entry], weights.path, entry)
-    return obj[entry], obj["config"]
+    return obj[entry], config

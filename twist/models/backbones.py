@@ -11,9 +11,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-RESNETS = {"resnet18": tv_resnet.resnet18, "resnet34": tv_resnet.resnet34, "resnet50": tv_resnet.resnet50}
-WIDE_RESNETS = {"resnet50w2": 2, "resnet50w4": 4}
-VITS = {"deit_small": "vit_small_patch16_224", "vit_base": "vit_base_patch16_224"}
+from twist.models.architectures import BackboneSpec, backbone_spec
 
 
 @dataclass
@@ -79,7 +77,7 @@ class WideResNet50(nn.Module):
 
 
 def _torchvision_resnet(name: str, small_input: bool, zero_init_residual: bool = False) -> Backbone:
-    net = RESNETS[name](zero_init_residual=zero_init_residual)
+    net = getattr(tv_resnet, name)(zero_init_residual=zero_init_residual)
     if small_input:
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -89,14 +87,14 @@ def _torchvision_resnet(name: str, small_input: bool, zero_init_residual: bool =
     return Backbone(net, feature_dim, "resnet")
 
 
-def _timm_vit(name: str, small_input: bool, drop_path_rate: float, image_size: int) -> Backbone:
+def _timm_vit(spec: BackboneSpec, small_input: bool, drop_path_rate: float, image_size: int) -> Backbone:
     import timm  # imported here so that ResNet-only users do not pay for it
 
     kwargs = dict(pretrained=False, num_classes=0, drop_path_rate=drop_path_rate,
                   img_size=image_size, dynamic_img_size=True)
     if small_input:
         kwargs["patch_size"] = 4
-    net = timm.create_model(VITS[name], **kwargs)
+    net = timm.create_model(spec.timm_name, **kwargs)
     return Backbone(net, net.num_features, "vit")
 
 
@@ -106,18 +104,16 @@ def build_backbone(name: str, small_input: bool = False, drop_path_rate: float =
 
     ``zero_init_residual`` starts every residual block's last batch norm at zero (Barlow Twins' choice).
     """
-    if zero_init_residual and name in VITS:
-        raise ValueError(f"model.zero_init_residual applies to ResNets only, not '{name}'")
-    if name in RESNETS:
-        backbone = _torchvision_resnet(name, small_input, zero_init_residual)
-    elif name in WIDE_RESNETS:
-        net = WideResNet50(WIDE_RESNETS[name], small_input, zero_init_residual)
+    spec = backbone_spec(name)
+    if spec.family == "vit":
+        if zero_init_residual:
+            raise ValueError(f"model.zero_init_residual applies to ResNets only, not '{name}'")
+        return _timm_vit(spec, small_input, drop_path_rate, image_size)
+    if spec.widen > 1:
+        net = WideResNet50(spec.widen, small_input, zero_init_residual)
         backbone = Backbone(net, net.feature_dim, "resnet")
-    elif name in VITS:
-        return _timm_vit(name, small_input, drop_path_rate, image_size)
     else:
-        raise ValueError(f"unknown backbone '{name}'; expected one of "
-                         f"{', '.join([*RESNETS, *WIDE_RESNETS, *VITS])}")
+        backbone = _torchvision_resnet(name, small_input, zero_init_residual)
     if drop_path_rate > 0:
         raise ValueError(f"model.drop_path_rate={drop_path_rate} applies to ViT backbones only, not '{name}'")
     return backbone

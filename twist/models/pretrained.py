@@ -26,13 +26,16 @@ from typing import Any
 
 import torch
 
-from twist.engine.checkpoint import CheckpointError, describe_tensors, nonfinite_tensors, read_torch_file
+from twist.engine.checkpoint import CheckpointError, Entry, describe_tensors, nonfinite_tensors, read_torch_file
+from twist.models.architectures import BACKBONES
 
 STRIPPED_PREFIXES = ("module.encoder_q.", "module.backbone.", "module.encoder.", "module.", "backbone.", "encoder.")
 RESNET_KEY = re.compile(r"^(conv1|bn1|layer[1-4])\.")
 VIT_KEY = re.compile(r"^(cls_token|pos_embed|reg_token|patch_embed\.|blocks\.|norm\.|norm_pre\.)")
-VIT_WIDTHS = {384: "deit_small", 768: "vit_base"}
-RESNET50_WIDTHS = {64: "resnet50", 128: "resnet50w2", 256: "resnet50w4"}
+VIT_WIDTHS = {spec.width: spec.name for spec in BACKBONES.values() if spec.family == "vit"}
+RESNET50_WIDTHS = {spec.stem_width: spec.name for spec in BACKBONES.values() if spec.bottleneck}
+BASIC_RESNETS = {spec.blocks: spec.name for spec in BACKBONES.values()
+                 if spec.family == "resnet" and not spec.bottleneck}
 
 
 @dataclass(frozen=True)
@@ -81,23 +84,23 @@ def locate_backbone(obj: Any, path: str, teacher: bool = False) -> tuple[dict[st
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint '{path}' holds a {type(obj).__name__}, not a dict of tensors")
     if teacher:
-        if _is_state_dict(obj.get("teacher_backbone")):
-            return dict(obj["teacher_backbone"]), "teacher_backbone"
-        if _is_state_dict(obj.get("teacher")):
-            inner = _under(obj["teacher"], "backbone.") or _under(obj["teacher"], "module.backbone.")
+        if _is_state_dict(obj.get(Entry.TEACHER_BACKBONE)):
+            return dict(obj[Entry.TEACHER_BACKBONE]), Entry.TEACHER_BACKBONE
+        if _is_state_dict(obj.get(Entry.TEACHER)):
+            inner = _under(obj[Entry.TEACHER], "backbone.") or _under(obj[Entry.TEACHER], "module.backbone.")
             if inner:
                 return inner, "teacher (backbone.*)"
         raise CheckpointError(f"checkpoint '{path}' has no teacher weights (no 'teacher_backbone' or 'teacher' "
                               f"entry; its top-level keys are {sorted(map(str, obj))[:10]}); drop --teacher")
-    for key in ("backbone", "state_dict"):
+    for key in (Entry.BACKBONE, "state_dict"):  # state_dict: other codebases
         if _is_state_dict(obj.get(key)):
             return dict(obj[key]), key
-    if _is_state_dict(obj.get("model")):
+    if _is_state_dict(obj.get(Entry.MODEL)):
         for prefix in ("backbone.", "module.backbone.", "features.backbone."):  # the last: twist-eval's fine-tuned
-            inner = _under(obj["model"], prefix)
+            inner = _under(obj[Entry.MODEL], prefix)
             if inner:
                 return inner, f"model ({prefix}*)"
-        return dict(obj["model"]), "model"
+        return dict(obj[Entry.MODEL]), Entry.MODEL
     if _is_state_dict(obj):
         return dict(obj), "the file itself (a plain state dict)"
     raise CheckpointError(f"checkpoint '{path}' has no backbone weights: expected a plain state dict or one of "
@@ -140,8 +143,9 @@ def detect_architecture(state: dict[str, torch.Tensor], path: str = "<weights>")
             raise CheckpointError(f"'{path}': a ViT of width {width}; supported are "
                                   f"{', '.join(f'{n} ({w})' for w, n in VIT_WIDTHS.items())}")
         depth = _blocks(state, "blocks")
-        if depth != 12:
-            raise CheckpointError(f"'{path}': a ViT with {depth} blocks; {VIT_WIDTHS[width]} has 12")
+        expected = BACKBONES[VIT_WIDTHS[width]].depth
+        if depth != expected:
+            raise CheckpointError(f"'{path}': a ViT with {depth} blocks; {VIT_WIDTHS[width]} has {expected}")
         tokens = state["pos_embed"].shape[1] - 1 if "pos_embed" in state else 0
         side = int(round(tokens ** 0.5))
         if side * side != tokens:
@@ -156,11 +160,11 @@ def detect_architecture(state: dict[str, torch.Tensor], path: str = "<weights>")
     small_input = stem.shape[-1] == 3
     bottleneck = "layer1.0.conv3.weight" in state
     layout = tuple(_blocks(state, f"layer{i}") for i in range(1, 5))
-    if not bottleneck and layout in ((2, 2, 2, 2), (3, 4, 6, 3)):
-        name = "resnet18" if layout == (2, 2, 2, 2) else "resnet34"
+    if not bottleneck and layout in BASIC_RESNETS:
+        name = BASIC_RESNETS[layout]
         if stem.shape[0] != 64:
             raise CheckpointError(f"'{path}': {name} with a {stem.shape[0]}-channel stem; expected 64")
-    elif bottleneck and layout == (3, 4, 6, 3):
+    elif bottleneck and layout == BACKBONES["resnet50"].blocks:
         if stem.shape[0] not in RESNET50_WIDTHS:
             raise CheckpointError(f"'{path}': a ResNet-50 layout with a {stem.shape[0]}-channel stem (conv1.weight "
                                   f"{tuple(stem.shape)}); expected 64 (R50), 128 (R50w2) or 256 (R50w4)")

@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from twist.models.backbones import Backbone, build_backbone
-from twist.models.heads import BarlowTwinsProjector, TwistHead, WMSEHead
 
 
 class TwinModel(nn.Module):
@@ -23,8 +22,8 @@ class TwinModel(nn.Module):
         self.backbone = backbone.module
         self.family = backbone.family
         self.head = head
-        # Barlow Twins runs the backbone on each view on its own and gives the projector the list of
-        # views, so that every batch norm sees one view's batch; TWIST and W-MSE run both on all views at once.
+        # With per_view (Barlow Twins) the backbone runs on each view on its own and the projector gets the
+        # list of views, so that every batch norm sees one view's batch; otherwise both run on all views at once.
         self.per_view = per_view
 
     def features(self, views: list[torch.Tensor]) -> torch.Tensor:
@@ -44,21 +43,12 @@ class TwinModel(nn.Module):
 
 
 def build_model(cfg: dict[str, Any]) -> TwinModel:
-    """Backbone and the head of ``cfg['method']``: TWIST's class head, Barlow Twins' projector or W-MSE's head."""
-    model_cfg, head_cfg = cfg["model"], cfg["model"]["head"]
+    """The backbone of ``cfg['model']`` and the head of the config's method (``twist.methods``)."""
+    # Imported here: the methods build their heads from twist.models.heads, inside this package.
+    from twist.methods import build_method
+
+    model_cfg = cfg["model"]
     backbone = build_backbone(model_cfg["backbone"], model_cfg["small_input"], model_cfg["drop_path_rate"],
                               cfg["data"]["image_size"], model_cfg["zero_init_residual"])
-    method = cfg["method"]
-    if method == "barlow_twins":
-        bt = cfg["barlow_twins"]
-        return TwinModel(backbone, BarlowTwinsProjector(backbone.feature_dim, bt["hidden_dim"], bt["out_dim"]),
-                         per_view=True)
-    if method == "wmse":
-        wm = cfg["wmse"]
-        return TwinModel(backbone, WMSEHead(backbone.feature_dim, wm["hidden_dim"], wm["out_dim"]))
-    init = head_cfg["init"]
-    trunc_normal = init == "trunc_normal" or (init == "auto" and backbone.family == "vit")
-    head = TwistHead(backbone.feature_dim, head_cfg["hidden_dim"], head_cfg["num_classes"],
-                     norm=head_cfg["norm"], activation=head_cfg["activation"], dropout=head_cfg["dropout"],
-                     nbs=head_cfg["nbs"], trunc_normal_init=trunc_normal)
-    return TwinModel(backbone, head)
+    method = build_method(cfg)
+    return TwinModel(backbone, method.build_head(backbone.feature_dim, backbone.family), per_view=method.views_apart)

@@ -4,9 +4,10 @@ report; the fine-tuned backbone really started from the pretraining checkpoint's
 import json
 
 import pytest
+import torch
 import yaml
 
-from twist.engine.checkpoint import load_weights_only
+from twist.engine.checkpoint import load_weights_only, read_torch_file
 from twist.transfer.benchmark import TransferError, load_benchmark, run_benchmark
 
 pytest.importorskip("mmseg", reason="the seg extra (mmsegmentation on mmcv-lite) is not installed")
@@ -28,6 +29,8 @@ def _toy(tmp_path) -> str:
         "initialisations": {"twist": {"pretrain": "configs/demo/digits.yaml"}, "random": {}},
         "segmentation": {"config": "segmentation/configs/miniature/fpn_r18_digit_scenes-64x64.py",
                          "overrides": SEG_SHORT},
+        "frozen_segmentation": {"config": "segmentation/configs/miniature/fpn_r18_digit_scenes-64x64_frozen.py",
+                                "overrides": SEG_SHORT},
         "detection": {"config": "detection/configs/miniature/voc_faster_rcnn_R_18_FPN_digit_scenes.yaml",
                       "overrides": DET_SHORT},
     }
@@ -42,12 +45,15 @@ def test_the_whole_chain_at_toy_size(tmp_path):
     out = tmp_path / "out"
     report = run_benchmark(_toy(tmp_path), str(out), doc=str(tmp_path / "transfer.md"), echo=lambda line: None)
     text = open(report).read()
-    assert text == (tmp_path / "transfer.md").read_text() and (tmp_path / "transfer_segmentation.png").is_file()
-    for name in ("twist", "random"):
-        summary = json.loads((out / "segmentation" / name / "summary.json").read_text())
-        assert summary["num_trials"] == summary["num_succeeded"] == 2
-        miou = summary["metrics"]["mIoU"]
-        assert f"| {name} | {miou['mean']:.1f} ± {miou['std']:.1f} |" in text
+    assert text == (tmp_path / "transfer.md").read_text()
+    for chart in ("transfer_segmentation.png", "transfer_frozen_segmentation.png"):
+        assert (tmp_path / chart).is_file(), chart
+    for protocol in ("segmentation", "frozen_segmentation"):
+        for name in ("twist", "random"):
+            summary = json.loads((out / protocol / name / "summary.json").read_text())
+            assert summary["num_trials"] == summary["num_succeeded"] == 2
+            miou = summary["metrics"]["mIoU"]
+            assert f"| {name} | {miou['mean']:.1f} ± {miou['std']:.1f} |" in text
     assert "bare ResNet-18 training at 64 px" in text and "2 trials per initialisation" in text
     # Each trial's backbone, after mmseg's own initialisation, held the pretraining checkpoint's tensors.
     backbone = load_weights_only(str(out / "pretrain" / "twist" / "checkpoint.pth"))["backbone"]
@@ -56,6 +62,15 @@ def test_the_whole_chain_at_toy_size(tmp_path):
         recorded = json.loads((out / "segmentation" / "twist" / trial / "initial_backbone.json").read_text())
         assert recorded["digests"] == expected and len(expected) == 120  # ResNet-18 with its BN buffers
     assert not (out / "segmentation" / "random" / "trial0_seed0" / "initial_backbone.json").exists()
+    # The frozen protocol started from the same tensors and ended with them: only the FPN trained.
+    for trial in ("trial0_seed0", "trial1_seed1"):
+        folder = out / "frozen_segmentation" / "twist" / trial
+        assert json.loads((folder / "initial_backbone.json").read_text())["digests"] == expected
+        # mmengine's own checkpoint, written by this test's run: it holds its logger's objects
+        final = read_torch_file(str(folder / "iter_2.pth"), trust=True)[0]["state_dict"]
+        after = {k[len("backbone."):]: tensor_digest(v) for k, v in sorted(final.items()) if k.startswith("backbone.")}
+        assert after == expected
+        assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in final.items() if k.startswith("neck."))
     try:
         import detectron2  # noqa: F401
     except ImportError:

@@ -18,7 +18,8 @@ def test_every_file_the_benchmark_names_loads_and_reads_only_train_digits():
     bench = load_benchmark(SHIPPED)
     assert bench.trials == 5 and [i.name for i in bench.initialisations] == [
         "twist", "random", "supervised", "barlow_twins", "wmse"]
-    assert os.path.isfile(bench.segmentation["config"]) and os.path.isfile(bench.detection["config"])
+    for protocol in (bench.segmentation, bench.frozen_segmentation, bench.detection):
+        assert os.path.isfile(protocol["config"]), protocol
     for init in bench.initialisations:
         if init.pretrain:
             cfg = load_config(init.pretrain, bench.pretrain_overrides)

@@ -10,8 +10,10 @@ already there, so an interrupted run continues where it stopped:
 2. per initialisation, its pretraining (``twist-train``, or ``twist-eval semisup --random-init`` for
    the supervised one) under ``OUT/pretrain/<name>``;
 3. its conversion (``twist-convert --to mmseg`` / ``--to detectron2``) under ``OUT/weights``;
-4. the trials (``twist-trials run``, ``--scratch`` for the random initialisation) under
-   ``OUT/segmentation/<name>`` and, when Detectron2 is installed, ``OUT/detection/<name>``;
+4. the trials (``twist-trials run``, ``--scratch`` for the random initialisation) of each protocol
+   under ``OUT/<protocol>/<name>``: ``segmentation`` (the backbone fine-tuned), ``frozen_segmentation``
+   (the backbone frozen, only the FPN and its head trained) and, when Detectron2 is installed,
+   ``detection``;
 5. the report: every initialisation's mean ± sample std over its trials, a bar chart with error
    bars, the command and the machine, written to ``OUT/transfer.md`` (and ``--doc``). An
    initialisation with a failed trial is reported as failed, never averaged over fewer trials.
@@ -57,7 +59,28 @@ class Benchmark:
     supervised_overrides: list[str]
     initialisations: list[Initialisation]
     segmentation: dict[str, Any]
+    frozen_segmentation: dict[str, Any]
     detection: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A downstream protocol: its config section (and the folder of its trials), engine and report."""
+
+    name: str
+    engine: str          # the twist-trials engine, which is also the conversion target
+    title: str
+    columns: tuple[str, ...]
+    metric: str          # the one the bar chart shows
+
+
+SEGMENTATION_COLUMNS = ("mIoU", "mAcc", "aAcc")
+DETECTION_COLUMNS = ("bbox/AP", "bbox/AP50", "bbox/AP75")
+PROTOCOLS = (
+    Protocol("segmentation", "mmseg", "Segmentation, backbone fine-tuned", SEGMENTATION_COLUMNS, "mIoU"),
+    Protocol("frozen_segmentation", "mmseg", "Segmentation, backbone frozen", SEGMENTATION_COLUMNS, "mIoU"),
+    Protocol("detection", "detectron2", "Detection", DETECTION_COLUMNS, "bbox/AP50"),
+)
 
 
 def load_benchmark(path: str) -> Benchmark:
@@ -66,8 +89,8 @@ def load_benchmark(path: str) -> Benchmark:
         raise TransferError(f"benchmark config '{path}' does not exist")
     with open(path, encoding="utf-8") as f:
         raw = yaml.safe_load(f)
-    expected = {"scenes", "trials", "pretrain_overrides", "supervised_overrides", "initialisations", "segmentation",
-                "detection"}
+    expected = {"scenes", "trials", "pretrain_overrides", "supervised_overrides", "initialisations",
+                *(protocol.name for protocol in PROTOCOLS)}
     if not isinstance(raw, dict) or set(raw) != expected:
         found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise TransferError(f"{path}: expected the keys {sorted(expected)}, found {found}")
@@ -89,7 +112,8 @@ def load_benchmark(path: str) -> Benchmark:
         raise TransferError(f"{path}: trials must be an integer of at least 2 (a spread needs two), not "
                             f"{raw['trials']!r}")
     return Benchmark(raw["scenes"], raw["trials"], [str(o) for o in raw["pretrain_overrides"] or []],
-                     [str(o) for o in raw["supervised_overrides"] or []], inits, raw["segmentation"], raw["detection"])
+                     [str(o) for o in raw["supervised_overrides"] or []], inits,
+                     *(raw[protocol.name] for protocol in PROTOCOLS))
 
 
 def detectron2_available() -> bool:
@@ -197,11 +221,11 @@ def convert(init: Initialisation, checkpoint: str | None, target: str, runner: R
     return out
 
 
-def run_trials(init: Initialisation, weights: str | None, task: str, bench: Benchmark, runner: Runner,
+def run_trials(init: Initialisation, weights: str | None, protocol: Protocol, bench: Benchmark, runner: Runner,
                scenes: dict[str, Any]) -> str:
-    """The trials of one initialisation on one task; returns their folder (holding summary.json)."""
+    """The trials of one initialisation under one protocol; returns their folder (holding summary.json)."""
+    task, engine, spec = protocol.name, protocol.engine, getattr(bench, protocol.name)
     out = os.path.join(runner.output_dir, task, init.name)
-    engine, spec = ("mmseg", bench.segmentation) if task == "segmentation" else ("detectron2", bench.detection)
     cmd = [sys.executable, "-m", "twist.cli.trials", "run", "--engine", engine, "--config", spec["config"],
            "--trials", str(bench.trials), "--output-dir", out]
     cmd += ["--scratch"] if weights is None else ["--weights", weights]
@@ -219,9 +243,6 @@ def run_trials(init: Initialisation, weights: str | None, task: str, bench: Benc
 
 
 # ---- the report ---------------------------------------------------------------------------------------
-
-SEGMENTATION_COLUMNS = ("mIoU", "mAcc", "aAcc")
-DETECTION_COLUMNS = ("bbox/AP", "bbox/AP50", "bbox/AP75")
 
 
 def read_summary(trials_dir: str) -> dict[str, Any]:
@@ -279,7 +300,7 @@ def backbone_rate(steps: int = 5, batch: int = 8, size: int = 64) -> float:
     return steps * batch / (time.perf_counter() - start)
 
 
-def bar_chart(rows: list[tuple[str, dict[str, Any]]], metric: str, path: str) -> None:
+def bar_chart(rows: list[tuple[str, dict[str, Any]]], metric: str, title: str, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -291,7 +312,7 @@ def bar_chart(rows: list[tuple[str, dict[str, Any]]], metric: str, path: str) ->
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.bar(names, means, yerr=stds, capsize=5, color="#4c72b0")
     ax.set_ylabel(f"{metric} (mean ± sample std)")
-    ax.set_title(f"digit scenes, {metric} per initialisation")
+    ax.set_title(f"digit scenes, {title.lower()}: {metric}")
     for x, (m, s) in enumerate(zip(means, stds)):
         ax.text(x, m + s + 0.5, f"{m:.1f}", ha="center", fontsize=8)
     fig.tight_layout()
@@ -313,20 +334,19 @@ def write_report(bench: Benchmark, results: dict[str, list[tuple[str, dict[str, 
         lines += [f"**Not finished yet:** {', '.join(pending)} (the command above, without --report-only, "
                   "continues where the run stopped).", ""]
     charts = []
-    for task, columns, metric in (("segmentation", SEGMENTATION_COLUMNS, "mIoU"),
-                                  ("detection", DETECTION_COLUMNS, "bbox/AP50")):
-        rows = results.get(task)
+    for protocol in PROTOCOLS:
+        rows = results.get(protocol.name)
         if rows is None:
-            lines += [f"## {task.capitalize()}", "", "Not run: Detectron2 is not installed.", ""]
+            lines += [f"## {protocol.title}", "", "Not run: Detectron2 is not installed.", ""]
             continue
-        config = (bench.segmentation if task == "segmentation" else bench.detection)["config"]
-        lines += [f"## {task.capitalize()} ({config})", "", "| initialisation | " + " | ".join(columns) + " |",
-                  "|---|" + "---:|" * len(columns)]
+        columns = protocol.columns
+        lines += [f"## {protocol.title} ({getattr(bench, protocol.name)['config']})", "",
+                  "| initialisation | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
         lines += [f"| {name} | " + " | ".join(row_cells(summary, columns)) + " |" for name, summary in rows]
-        chart = f"transfer_{task}.png"
-        bar_chart(rows, metric, os.path.join(out_dir, chart))
+        chart = f"transfer_{protocol.name}.png"
+        bar_chart(rows, protocol.metric, protocol.title, os.path.join(out_dir, chart))
         charts.append(chart)
-        lines += ["", f"![{metric} per initialisation]({chart})", ""]
+        lines += ["", f"![{protocol.metric} per initialisation]({chart})", ""]
     text = "\n".join(lines) + "\n"
     report = os.path.join(out_dir, "transfer.md")
     atomic_write(report, lambda f: f.write(text), binary=False)
@@ -350,9 +370,10 @@ def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Ca
     rate = backbone_rate()
     echo(f"machine: bare ResNet-18 training at 64 px runs at {rate:.0f} images/s here")
     scenes = make_scenes(bench, os.path.join(output_dir, "data"), echo)
-    tasks = ["segmentation"] + (["detection"] if detectron2_available() else [])
-    if "detection" not in tasks:
+    protocols = [p for p in PROTOCOLS if p.engine != "detectron2" or detectron2_available()]
+    if len(protocols) < len(PROTOCOLS):
         echo("detection: skipped, Detectron2 is not installed (see the README's detection section)")
+    tasks = [p.name for p in protocols]
     results: dict[str, list[tuple[str, dict[str, Any]]]] = {task: [] for task in tasks}
     pending: list[str] = []
     for init in bench.initialisations:
@@ -365,10 +386,10 @@ def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Ca
                 results[task].append((init.name, read_summary(os.path.join(output_dir, task, init.name))))
             continue
         checkpoint = pretrain(init, bench, runner)
-        for task in tasks:
-            weights = convert(init, checkpoint, "mmseg" if task == "segmentation" else "detectron2", runner)
-            trials_dir = run_trials(init, weights, task, bench, runner, scenes)
-            results[task].append((init.name, read_summary(trials_dir)))
+        for protocol in protocols:
+            weights = convert(init, checkpoint, protocol.engine, runner)
+            trials_dir = run_trials(init, weights, protocol, bench, runner, scenes)
+            results[protocol.name].append((init.name, read_summary(trials_dir)))
     minutes = sum(runner.timings.values()) / 60
     return write_report(bench, results, output_dir, command or f"twist-trials transfer --config {config} "
                         f"--output-dir {output_dir}", machine_description(), rate, minutes, doc, pending)

@@ -185,15 +185,16 @@ class SkippedImages:
                 self._logged.add(record["file"])
                 log.write(record)
 
-    def check(self, step: int, batch: list[SkippedImage], kept: bool) -> None:
-        """Stop past the limit, or when no image of the batch of ``step`` could be read."""
+    def check(self, step: int, skipped: list[SkippedImage], kept: bool) -> None:
+        """Stop past the limit, or when no image of the batch of ``step`` could be read (``kept`` false:
+        ``skipped`` is then the whole batch)."""
         if len(self.files) > self.max_fraction * self.dataset_size:
             raise DatasetError(f"{len(self.files)} of the {self.dataset_size} images are unreadable, more than "
                                f"data.max_skipped_fraction={self.max_fraction:g} allows (the first: "
                                f"{', '.join(list(self.files)[:3])}); fix or remove them, or raise the limit")
         if not kept:  # nothing to train on: the step would only advance the schedules
             raise DatasetError(f"every image of the batch of step {step} is unreadable (the first: "
-                               f"{', '.join(image.location for image in batch[:3])}); fix or remove those files")
+                               f"{', '.join(image.location for image in skipped[:3])}); fix or remove those files")
 
 
 def optimizer_step(loss: torch.Tensor, model, optimizer, scaler: torch.amp.GradScaler, clip_grad_norm: float) -> None:

@@ -367,13 +367,14 @@ def start_reporting(run: Run, changes: dict[str, list] | None, max_steps: int | 
         run.device_augment = DeviceAugment(view_sizes(cfg)).to(run.device)
 
 
-def save_training_checkpoint(run: Run, epoch: int) -> None:
+def save_training_checkpoint(run: Run) -> None:
     """Checked for NaN and inf first; every rank takes part (the RNG states are gathered), rank 0 writes."""
     run.finite.require(training_state(run.model, run.teacher, run.optimizer), run.step, run.checkpoint_path)
     rng_states = gathered_rng_states()
     if run.env.is_main:
-        atomic_torch_save(training_checkpoint(run.model, run.teacher, run.optimizer, run.scaler, run.step, epoch,
-                                              run.cfg, rng_states), run.checkpoint_path)
+        epochs_done = run.step // run.steps_per_epoch
+        atomic_torch_save(training_checkpoint(run.model, run.teacher, run.optimizer, run.scaler, run.step,
+                                              epochs_done, run.cfg, rng_states), run.checkpoint_path)
     run.finite.step = run.step
 
 
@@ -442,7 +443,7 @@ def train_one_epoch(run: Run, epoch: int) -> None:
             log_step(run, terms, epoch, time.perf_counter() - window_start, window_images)
             window_start, window_images = time.perf_counter(), 0
         if cfg["train"]["checkpoint_every"] and run.step % cfg["train"]["checkpoint_every"] == 0:
-            save_training_checkpoint(run, epoch)
+            save_training_checkpoint(run)
         if run.step >= run.stop_at:
             break
 
@@ -454,7 +455,7 @@ def end_epoch(run: Run, epoch: int) -> None:
     knn_record = run.monitors.at_epoch_end(run.step, run.step // run.steps_per_epoch) if finished_epoch else None
     if knn_record is not None and run.log is not None:
         run.log.write(knn_record)
-    save_training_checkpoint(run, run.step // run.steps_per_epoch)
+    save_training_checkpoint(run)
     if run.cfg["data"]["skip_corrupt"] and run.env.enabled:
         run.skips.publish(run.log, gather=True)
     if run.log is not None:

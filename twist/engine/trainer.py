@@ -343,7 +343,7 @@ def resume(run: Run) -> dict[str, list] | None:
 def start_reporting(run: Run, changes: dict[str, list] | None, max_steps: int | None,
                     cleanup: contextlib.ExitStack) -> None:
     """The saved config, the log (rank 0 only: the others keep no handle on the run folder), the
-    progress bar, the monitors, and the model wrapped for training across ranks."""
+    progress bar up to the step the run stops at, the monitors and the tally of unreadable images."""
     cfg, env = run.cfg, run.env
     if env.is_main:
         save_config(cfg, os.path.join(run.output_dir, CONFIG))
@@ -355,16 +355,20 @@ def start_reporting(run: Run, changes: dict[str, list] | None, max_steps: int | 
             run.log.write({"kind": "resume", "step": run.step, "checkpoint": run.checkpoint_path, "changed": changes})
     run.stop_at = run.total_steps if max_steps is None else min(max_steps, run.total_steps)
     run.bar = _progress(run.stop_at, run.step, cfg["train"]["progress_bar"] and env.is_main)
-    run.trained = run.model
-    if env.enabled:
-        device_ids = [run.device.index] if run.device.type == "cuda" else None
-        run.trained = DistributedDataParallel(run.model, device_ids=device_ids)
-    run.trained.train()
     run.monitors = RunMonitors(cfg, run.model, run.loader.dataset.source, run.device, env, run.amp_dtype)
     cleanup.callback(run.monitors.close)
     run.skips = SkippedImages(len(run.loader.dataset), cfg["data"]["max_skipped_fraction"])
-    if cfg["augment"]["on_device"]:
-        run.device_augment = DeviceAugment(view_sizes(cfg)).to(run.device)
+
+
+def prepare_training(run: Run) -> None:
+    """The model in train mode (wrapped in DDP across ranks) and, with augment.on_device, the views' maker."""
+    run.trained = run.model
+    if run.env.enabled:
+        device_ids = [run.device.index] if run.device.type == "cuda" else None
+        run.trained = DistributedDataParallel(run.model, device_ids=device_ids)
+    run.trained.train()
+    if run.cfg["augment"]["on_device"]:
+        run.device_augment = DeviceAugment(view_sizes(run.cfg)).to(run.device)
 
 
 def save_training_checkpoint(run: Run) -> None:
@@ -485,9 +489,10 @@ def _run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: DistEn
          cleanup: contextlib.ExitStack) -> dict[str, Any]:
     # ---- build: data, model, objective, optimiser, schedules ----
     run = build_run(cfg, output_dir, device, env)
-    # ---- resume, then the log, the monitors and the model wrapped for several ranks ----
+    # ---- resume, then the log and the monitors, then the model wrapped for several ranks ----
     changes = resume(run)
     start_reporting(run, changes, max_steps, cleanup)
+    prepare_training(run)
     # ---- train ----
     while run.step < run.stop_at:
         epoch = run.step // run.steps_per_epoch

@@ -8,7 +8,7 @@ import torch
 from twist.config import load_config
 from twist.data import ViewsDataset, build_source, build_train_transform
 from twist.engine.checkpoint import load_weights_only
-from twist.engine.optim import build_schedules
+from twist.engine.optim import ScheduleConfig, build_schedules
 from twist.engine.trainer import train
 
 MULTICROP = ["augment.local_crops=3", "augment.local_size=8", "self_label.enabled=true",
@@ -47,7 +47,7 @@ def test_resume_across_the_self_labeling_boundary_is_exact(tmp_path, tiny_overri
     records = [json.loads(line) for line in open(os.path.join(straight, "log.jsonl"))]
     sl = [r for r in records if r.get("stage") == "self_label"]
     # The kept fraction follows the quantile schedule: floor(q * B) of the B = 8 samples pass.
-    quantile = build_schedules(cfg, steps_per_epoch=4, global_batch=8)["quantile"]
+    quantile = build_schedules(ScheduleConfig.from_config(cfg), steps_per_epoch=4, global_batch=8)["quantile"]
     assert [r["kept_fraction"] for r in sl] == [int(quantile[r["step"] - 1] * 8) / 8 for r in sl]
 
 

@@ -43,7 +43,7 @@ from twist.engine.checkpoint import (
 )
 from twist.engine.logging import RunLog, WandbRun, plot_training_curves
 from twist.engine.monitors import RunMonitors
-from twist.engine.optim import apply_schedules, build_optimizer, build_schedules
+from twist.engine.optim import OptimConfig, ScheduleConfig, apply_schedules, build_optimizer, build_schedules
 from twist.engine.resume import clear_stale_temporaries, describe_changes, move_run_aside, restore_run
 from twist.engine.run_lock import RunFolderLocked, RunLock
 from twist.engine.runtime import autocast_dtype, resolve_device, seed_everything
@@ -314,11 +314,12 @@ def build_run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: D
     model = build_distributed_model(cfg, method, device, env)
     teacher = (EMATeacher(build_distributed_model(cfg, method, device, env), model) if cfg["teacher"]["enabled"]
                else None)
-    optimizer = build_optimizer(model, cfg["optim"])
+    optimizer = build_optimizer(model, OptimConfig.from_config(cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     steps_per_epoch = sampler.batches_per_epoch
     total_steps = cfg["train"]["epochs"] * steps_per_epoch
-    schedules = build_schedules(cfg, steps_per_epoch, global_batch=cfg["train"]["batch_size"] * env.world_size)
+    schedules = build_schedules(ScheduleConfig.from_config(cfg), steps_per_epoch,
+                                global_batch=cfg["train"]["batch_size"] * env.world_size)
     method.prepare(steps_per_epoch, schedules)
     finite = FiniteCheckpoints(os.path.join(output_dir, CHECKPOINT), device, collective=env.enabled)
     return Run(cfg, output_dir, device, env, amp_dtype, loader, sampler, model, teacher, method, optimizer, scaler,

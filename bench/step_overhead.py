@@ -29,7 +29,7 @@ from twist.engine.optim import OptimConfig, ScheduleConfig, apply_schedules, bui
 from twist.engine.runtime import autocast_dtype, describe_hardware, resolve_device
 from twist.engine.trainer import optimizer_step
 from twist.methods import build_method
-from twist.models import build_backbone, build_model
+from twist.models import BackboneConfig, build_backbone, build_model
 
 
 def parse_args(argv=None):
@@ -82,7 +82,7 @@ def make_steps(args, which=("twist", "bare")):
     steps = {}
 
     if "twist" in which:
-        twin = build_model(cfg).to(device).train()
+        twin = build_model(BackboneConfig.from_config(cfg), build_method(cfg)).to(device).train()
         twin.backbone.to(memory_format=memory_format)
         twin_opt = build_optimizer(twin, OptimConfig.from_config(cfg))
         method = build_method(cfg)

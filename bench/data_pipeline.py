@@ -39,9 +39,11 @@ from step_overhead import parse_args as step_args  # noqa: E402
 
 from twist.config import load_config
 from twist.data.datasets import sample_seed
-from twist.data.device_augment import DeviceAugment, build_view_planner, collate_planned, view_sizes
+from twist.data.device_augment import DeviceAugment, build_view_planner, collate_planned
 from twist.data.transforms import build_train_transform
+from twist.data.view_specs import AugmentConfig, view_stages
 from twist.engine.runtime import describe_hardware, resolve_device
+from twist.methods import build_method
 
 
 def imagenet_like_jpegs(count: int, seed: int = 0) -> list[bytes]:
@@ -57,9 +59,15 @@ def imagenet_like_jpegs(count: int, seed: int = 0) -> list[bytes]:
     return files
 
 
+def first_views(cfg):
+    """The augment section and the views of the run's first stage."""
+    augment = AugmentConfig.from_config(cfg)
+    return augment, view_stages(augment, cfg["data"]["image_size"], build_method(cfg))[0][1]
+
+
 def pipeline_rate(cfg, files: list[bytes], rounds: int, planner: bool = False) -> float:
     """Images/s of decode + the config's view pipeline (or its planner) on one thread (median over rounds)."""
-    transform = build_view_planner(cfg) if planner else build_train_transform(cfg)
+    transform = (build_view_planner if planner else build_train_transform)(*first_views(cfg))
     rates = []
     for r in range(rounds):
         start = time.perf_counter()
@@ -73,7 +81,8 @@ def pipeline_rate(cfg, files: list[bytes], rounds: int, planner: bool = False) -
 
 def device_rate(cfg, files: list[bytes], batch_size: int, device: torch.device, rounds: int) -> float:
     """Images/s of the device side of augment.on_device on batches of ``batch_size`` images."""
-    planner, augment = build_view_planner(cfg), DeviceAugment(view_sizes(cfg)).to(device)
+    section, views = first_views(cfg)
+    planner, augment = build_view_planner(section, views), DeviceAugment([view.size for view in views]).to(device)
     items = []
     for index in range(batch_size):
         torch.manual_seed(index)

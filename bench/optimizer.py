@@ -25,9 +25,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from step_overhead import sync  # noqa: E402
 
 from twist.config import load_config  # noqa: E402
-from twist.engine.optim import build_optimizer, split_decay_groups  # noqa: E402
+from twist.engine.optim import OptimConfig, build_optimizer, split_decay_groups  # noqa: E402
 from twist.engine.runtime import describe_hardware, resolve_device  # noqa: E402
-from twist.models import build_model  # noqa: E402
+from twist.methods import build_method  # noqa: E402
+from twist.models import BackboneConfig, build_model  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -48,11 +49,11 @@ def main(argv=None):
                              f"model.head.num_classes={args.num_classes}", f"device={args.device}"])
     device = resolve_device(cfg["device"])
     torch.manual_seed(0)
-    model = build_model(cfg).to(device)
+    model = build_model(BackboneConfig.from_config(cfg), build_method(cfg)).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
-    lars = build_optimizer(model, cfg["optim"])
+    lars = build_optimizer(model, OptimConfig.from_config(cfg))
     for group in lars.param_groups:
         group["lr"], group["weight_decay"] = 0.3, 1e-6 if group["weight_decay"] else 0.0
     weights, no_decay = split_decay_groups(model)

@@ -25,11 +25,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from twist.config import load_config
-from twist.engine.optim import apply_schedules, build_optimizer, build_schedules
+from twist.engine.optim import OptimConfig, ScheduleConfig, apply_schedules, build_optimizer, build_schedules
 from twist.engine.runtime import autocast_dtype, describe_hardware, resolve_device
 from twist.engine.trainer import optimizer_step
 from twist.methods import build_method
-from twist.models import build_backbone, build_model
+from twist.models import BackboneConfig, build_backbone, build_model
 
 
 def parse_args(argv=None):
@@ -78,13 +78,13 @@ def make_steps(args, which=("twist", "bare")):
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     sizes = [args.image_size] * 2 + [args.local_size] * args.local_crops
     views = [torch.randn(args.batch_size, 3, s, s, device=device).to(memory_format=memory_format) for s in sizes]
-    schedules = build_schedules(cfg, steps_per_epoch=10_000, global_batch=args.batch_size)
+    schedules = build_schedules(ScheduleConfig.from_config(cfg), steps_per_epoch=10_000, global_batch=args.batch_size)
     steps = {}
 
     if "twist" in which:
-        twin = build_model(cfg).to(device).train()
+        twin = build_model(BackboneConfig.from_config(cfg), build_method(cfg)).to(device).train()
         twin.backbone.to(memory_format=memory_format)
-        twin_opt = build_optimizer(twin, cfg["optim"])
+        twin_opt = build_optimizer(twin, OptimConfig.from_config(cfg))
         method = build_method(cfg)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         indices = torch.arange(args.batch_size)
@@ -103,7 +103,7 @@ def make_steps(args, which=("twist", "bare")):
         groups = [torch.cat([v for v in views if v.shape[-1] == size]) for size in dict.fromkeys(sizes)]
         bare = build_backbone(args.backbone, image_size=args.image_size).module.to(device).train()
         bare.to(memory_format=memory_format)
-        bare_opt = build_optimizer(bare, cfg["optim"])
+        bare_opt = build_optimizer(bare, OptimConfig.from_config(cfg))
         apply_schedules(bare_opt, schedules, 100, 1.0)
 
         def bare_step(i):

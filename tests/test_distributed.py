@@ -11,10 +11,10 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from tests.parts import twin_model
 from twist.config import load_config
 from twist.distributed import SyncedBatchNorm, all_reduce_mean, reduce_for_logging, synchronise_batch_norms
 from twist.losses import TwistLoss
-from twist.models import build_model
 
 GLOBAL_BATCH = 8
 MODEL = ["data.dataset=synthetic", "model.backbone=resnet18", "data.image_size=16", "model.head.hidden_dim=16",
@@ -37,7 +37,7 @@ def _inputs():
 def _fresh_model():
     """Float64 throughout, so that any mismatch is a real one and not summation order."""
     torch.manual_seed(0)
-    return build_model(load_config(None, MODEL)).double()
+    return twin_model(load_config(None, MODEL)).double()
 
 
 def _rank_main(rank, world, bunch, port, out_path):

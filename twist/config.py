@@ -17,8 +17,8 @@ import yaml
 from twist.atomic import atomic_write
 from twist.config_error import ConfigError
 from twist.methods import METHODS, method_class
-from twist.methods.base import section_defaults
 from twist.models.architectures import BACKBONES
+from twist.sections import section_defaults
 from twist.shipped_configs import resolve_config_path, shipped_config_dir
 
 # The keys that pretraining and evaluation configs (twist.eval.config) share, declared once.

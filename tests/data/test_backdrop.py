@@ -4,8 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.parts import train_transform
 from twist.config import ConfigError, load_config
-from twist.data import DigitsSource, build_train_transform
+from twist.data import DigitsSource
 from twist.data.backdrop import MIN_CONTRAST, RandomBackdrop, smooth_background, stroke_colour
 from twist.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_classification_transforms
 
@@ -66,7 +67,7 @@ def test_the_small_gray_views_are_coloured_only_with_a_backdrop(backdrop, colour
     cfg = load_config(None, ["data.dataset=digits", "data.image_size=24", "augment.pipeline=small_gray",
                              f"augment.backdrop={backdrop}"])
     torch.manual_seed(0)
-    views = build_train_transform(cfg)(DigitsSource("train").load(3)[0])
+    views = train_transform(cfg)(DigitsSource("train").load(3)[0])
     for view in views:
         raw = _unnormalised(view)
         assert (not torch.allclose(raw[0], raw[1], atol=1e-4)) == coloured

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from tests.parts import train_transform
 from twist.config import load_config
 from twist.data import (
     CorruptImageError,
@@ -16,15 +17,14 @@ from twist.data import (
     EpochSampler,
     EvalDataset,
     ImageFolderSource,
+    SourceConfig,
     SyntheticSource,
     ViewsDataset,
-    build_eval_transform,
     build_source,
-    build_train_transform,
     collate_views,
 )
 from twist.data.datasets import SkippedImage
-from twist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from twist.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
 SYNTH = ["data.dataset=synthetic", "data.num_samples=12", "data.num_classes=3", "data.image_size=32",
          "augment.pipeline=barlow"]
@@ -117,7 +117,7 @@ def _views_dataset_with_one_corrupt(tmp_path, skip):
     root = _folder(tmp_path / "d", classes=("a", "b"), per_class=2)
     (root / "a" / "0.png").write_bytes(b"garbage")  # sorted first: index 0
     cfg = load_config(None, ["data.dataset=folder", f"data.path={root}", "data.image_size=8"])
-    return ViewsDataset(ImageFolderSource(str(root)), build_train_transform(cfg), seed=0, skip_corrupt=skip)
+    return ViewsDataset(ImageFolderSource(str(root)), train_transform(cfg), seed=0, skip_corrupt=skip)
 
 
 def test_views_dataset_raises_on_corrupt_without_skip(tmp_path):
@@ -161,7 +161,8 @@ def test_build_source_folder_reads_train_and_val(tmp_path):
     _folder(tmp_path / "train", classes=("x", "y"), per_class=3)
     _folder(tmp_path / "val", classes=("x", "y"), per_class=1)
     cfg = load_config(None, ["data.dataset=folder", f"data.path={tmp_path}"])
-    train, val = build_source(cfg, "train"), build_source(cfg, "val")
+    source = SourceConfig.from_config(cfg)
+    train, val = build_source(source, "train"), build_source(source, "val")
     assert isinstance(train, ImageFolderSource) and train.root == str(tmp_path / "train") and len(train) == 6
     assert val.root == str(tmp_path / "val") and len(val) == 2
 
@@ -170,15 +171,15 @@ def test_build_source_folder_missing_split_names_the_split_dir(tmp_path):
     _folder(tmp_path / "train", classes=("x",), per_class=1)
     cfg = load_config(None, ["data.dataset=folder", f"data.path={tmp_path}"])
     with pytest.raises(DatasetError, match=rf"image folder '{re.escape(str(tmp_path / 'val'))}' does not exist"):
-        build_source(cfg, "val")
+        build_source(SourceConfig.from_config(cfg), "val")
     cfg2 = load_config(None, ["data.dataset=folder", f"data.path={tmp_path / 'absent'}"])
     with pytest.raises(DatasetError, match=re.escape(str(tmp_path / "absent" / "train"))):
-        build_source(cfg2, "train")
+        build_source(SourceConfig.from_config(cfg2), "train")
 
 
 def test_build_source_synthetic_uses_config_and_seed():
     cfg = load_config(None, SYNTH + ["seed=3"])
-    src = build_source(cfg)
+    src = build_source(SourceConfig.from_config(cfg))
     assert isinstance(src, SyntheticSource) and len(src) == 12 and len(src.classes) == 3
     np.testing.assert_array_equal(src.images, SyntheticSource(12, 3, 32, seed=3).images)
 
@@ -216,7 +217,7 @@ def test_synthetic_source_is_deterministic_per_seed():
 
 def _synth_views_dataset(seed=0):
     cfg = load_config(None, SYNTH)
-    return ViewsDataset(build_source(cfg), build_train_transform(cfg), seed=seed)
+    return ViewsDataset(build_source(SourceConfig.from_config(cfg)), train_transform(cfg), seed=seed)
 
 
 def test_views_repeat_for_the_same_key_and_differ_between_epochs():
@@ -276,9 +277,9 @@ def test_views_same_with_zero_and_two_workers():
 
 def test_barlow_two_views_on_synthetic_rgb():
     cfg = load_config(None, SYNTH)
-    img, _ = build_source(cfg).load(0)
+    img, _ = build_source(SourceConfig.from_config(cfg)).load(0)
     torch.manual_seed(0)
-    views = build_train_transform(cfg)(img)
+    views = train_transform(cfg)(img)
     assert len(views) == 2
     for v in views:
         assert isinstance(v, torch.Tensor) and v.shape == (3, 32, 32) and v.dtype == torch.float32
@@ -289,7 +290,7 @@ def test_small_gray_two_views_on_digits(digits):
     cfg = load_config(None, DIGITS)
     img, _ = digits.load(0)
     torch.manual_seed(0)
-    views = build_train_transform(cfg)(img)
+    views = train_transform(cfg)(img)
     assert len(views) == 2
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     for v in views:
@@ -306,7 +307,7 @@ def test_eval_transform_shape_and_determinism(overrides, mode, raw_size):
     size = cfg["data"]["image_size"]
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (raw_size, raw_size, 3) if mode == "RGB"
                                                              else (raw_size, raw_size), dtype=np.uint8), mode=mode)
-    transform = build_eval_transform(cfg)
+    transform = eval_transform(cfg["augment"]["pipeline"], cfg["data"]["image_size"])
     x = transform(img)
     assert x.shape == (3, size, size)
     assert torch.equal(x, transform(img))
@@ -314,8 +315,8 @@ def test_eval_transform_shape_and_determinism(overrides, mode, raw_size):
 
 def test_eval_dataset_items():
     cfg = load_config(None, SYNTH)
-    src = build_source(cfg)
-    ds = EvalDataset(src, build_eval_transform(cfg))
+    src = build_source(SourceConfig.from_config(cfg))
+    ds = EvalDataset(src, eval_transform(cfg["augment"]["pipeline"], cfg["data"]["image_size"]))
     x, label, index = ds[4]
     assert len(ds) == 12 and x.shape == (3, 32, 32) and label == src.labels[4] and index == 4
 

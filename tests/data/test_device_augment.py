@@ -6,6 +6,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
+from tests.parts import train_transform, view_planner, view_sizes
 from twist.config import ConfigError, load_config
 from twist.data.device_augment import (
     BRIGHTNESS,
@@ -20,14 +21,11 @@ from twist.data.device_augment import (
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
-    build_view_planner,
     collate_planned,
     color_jitter,
     crop_and_resize,
     gaussian_blur,
-    view_sizes,
 )
-from twist.data.transforms import build_train_transform
 
 CFG = ["data.dataset=synthetic", "data.image_size=64", "augment.local_crops=2", "augment.local_size=32"]
 
@@ -103,7 +101,7 @@ def test_views_match_the_cpu_pipeline_for_the_same_sample_seed():
     (mean |difference| under 0.06 in normalised units, about 1/255 of the pixel range; the rest is
     PIL's uint8 rounding and its box-filter blur), and far from the view of a different seed."""
     cfg = load_config(None, CFG)
-    plain, planner, augment = build_train_transform(cfg), build_view_planner(cfg), DeviceAugment(view_sizes(cfg))
+    plain, planner, augment = train_transform(cfg), view_planner(cfg), DeviceAugment(view_sizes(cfg))
     img = _smooth_photo()
 
     def device_views(seed):
@@ -125,8 +123,8 @@ def test_views_match_the_cpu_pipeline_for_the_same_sample_seed():
 
 def test_images_above_the_size_cap_get_the_draws_of_the_full_size_image():
     cfg = load_config(None, CFG + ["augment.on_device_max_side=80"])
-    planner = build_view_planner(cfg)
-    full = build_view_planner(load_config(None, CFG + ["augment.on_device_max_side=4096"]))
+    planner = view_planner(cfg)
+    full = view_planner(load_config(None, CFG + ["augment.on_device_max_side=4096"]))
     img = _smooth_photo(size=(400, 300))
     torch.manual_seed(3)
     image, plan = planner(img)

@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.parts import train_transform
 from twist.config import load_config
-from twist.data import CorruptImageError, DatasetError, ViewsDataset, build_source, build_train_transform, collate_views
+from twist.data import CorruptImageError, DatasetError, SourceConfig, ViewsDataset, build_source, collate_views
 from twist.data.datasets import FileListSource, LMDBSource, encode_lmdb_record, lmdb_record_key
 from twist_tools.build_lmdb import build_lmdb
 
@@ -31,7 +32,7 @@ def test_lmdb_round_trip_reads_length_and_classes_from_the_database(tmp_path):
     assert build_lmdb(str(tmp_path / "src"), str(data / "val.lmdb")) == 6
     assert not os.path.exists(str(data / "val.lmdb") + ".partial")
     cfg = load_config(None, ["data.dataset=lmdb", f"data.path={data}"])
-    source = build_source(cfg, "val")
+    source = build_source(SourceConfig.from_config(cfg), "val")
     assert isinstance(source, LMDBSource) and len(source) == 6 and source.classes == ["cat", "dog"]
     for index, (cls, i) in enumerate(sorted(pixels)):
         img, label = source.load(index)
@@ -44,7 +45,7 @@ def test_lmdb_reads_in_data_loader_workers(tmp_path):
     build_lmdb(str(tmp_path / "src"), str(tmp_path / "train.lmdb"))
     cfg = load_config(None, ["data.dataset=lmdb", f"data.path={tmp_path}", "data.image_size=8",
                              "augment.pipeline=barlow"])
-    dataset = ViewsDataset(build_source(cfg), build_train_transform(cfg), seed=0)
+    dataset = ViewsDataset(build_source(SourceConfig.from_config(cfg)), train_transform(cfg), seed=0)
     loader = torch.utils.data.DataLoader(dataset, batch_size=3, sampler=[(0, i) for i in range(6)],
                                          num_workers=2, collate_fn=collate_views)
     batches = list(loader)
@@ -66,7 +67,7 @@ def test_corrupt_lmdb_record_names_the_record_or_is_skipped(tmp_path):
     with pytest.raises(CorruptImageError, match="record 5 .* missing"):
         source.load(5)
     cfg = load_config(None, ["data.dataset=synthetic", "data.image_size=8", "augment.pipeline=barlow"])
-    dataset = ViewsDataset(source, build_train_transform(cfg), seed=0, skip_corrupt=True)
+    dataset = ViewsDataset(source, train_transform(cfg), seed=0, skip_corrupt=True)
     views, labels, indices, skipped = collate_views([dataset[(0, i)] for i in range(6)])
     assert [s.location for s in skipped] == [f"record {i} of LMDB '{path}'" for i in (4, 5)]
     assert indices.tolist() == [0, 1, 2, 3]
@@ -95,7 +96,7 @@ def test_file_list_round_trip_and_errors(tmp_path):
     pixels = _folder(tmp_path / "imgs")
     (tmp_path / "list.txt").write_text("# path label\nimgs/cat/0.png 0\nimgs/dog/2.png 1\n\nimgs/cat/1.png 0\n")
     cfg = load_config(None, ["data.dataset=filelist", f"data.path={tmp_path}", "data.list_file=list.txt"])
-    source = build_source(cfg)
+    source = build_source(SourceConfig.from_config(cfg))
     assert isinstance(source, FileListSource) and len(source) == 3
     img, label = source.load(1)
     assert label == 1
@@ -129,8 +130,8 @@ def test_the_val_split_of_a_file_list_is_its_own_list(tmp_path):
     (tmp_path / "train.txt").write_text("imgs/cat/0.png 0\n")
     (tmp_path / "val.txt").write_text("imgs/dog/2.png 1\nimgs/cat/1.png 0\n")
     cfg = load_config(None, ["data.dataset=filelist", f"data.path={tmp_path}", "data.list_file=train.txt"])
-    assert len(build_source(cfg, "train")) == 1
+    assert len(build_source(SourceConfig.from_config(cfg), "train")) == 1
     with pytest.raises(DatasetError, match="has no 'val' split: set data.val_list_file"):
-        build_source(cfg, "val")
+        build_source(SourceConfig.from_config(cfg), "val")
     cfg["data"]["val_list_file"] = "val.txt"
-    assert len(build_source(cfg, "val")) == 2
+    assert len(build_source(SourceConfig.from_config(cfg), "val")) == 2

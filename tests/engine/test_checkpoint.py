@@ -18,6 +18,18 @@ def _model_state(run_dir):
     return load_weights_only(os.path.join(run_dir, "checkpoint.pth"))
 
 
+def test_every_checkpoint_stores_the_epochs_completed(tmp_path, tiny_overrides, monkeypatch):
+    import twist.engine.trainer as trainer
+
+    saved = []
+    monkeypatch.setattr(trainer, "atomic_torch_save", lambda state, path: saved.append(
+        (path, state.get("step"), state.get("epoch"))))
+    train(load_config(None, tiny_overrides + ["train.checkpoint_every=2"]), str(tmp_path / "run"), max_steps=6)
+    checkpoints = [(step, epoch) for path, step, epoch in saved if path.endswith("checkpoint.pth")]
+    # Steps 2, 4 (periodic, then at the epoch's end), 6 (periodic, then at the stop); 4 steps an epoch.
+    assert checkpoints == [(2, 0), (4, 1), (4, 1), (6, 1), (6, 1)]
+
+
 @pytest.mark.parametrize("stop_at", [3, 4])  # mid-epoch and on an epoch boundary (4 steps per epoch)
 def test_resume_gives_identical_weights(tmp_path, tiny_overrides, stop_at):
     # Dropout in the head makes the model's own RNG stream matter, not only the data order.

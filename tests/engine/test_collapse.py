@@ -6,10 +6,11 @@ import os
 
 import torch
 
+from tests.parts import twin_model
 from twist.config import load_config
-from twist.data import EvalDataset, build_eval_transform, build_source
+from twist.data import EvalDataset, SourceConfig, build_source
+from twist.data.transforms import eval_transform
 from twist.engine.trainer import train
-from twist.models import build_model
 
 NUM_CLASSES = 10
 # With NBS every class logit has unit variance over the batch, which caps how confident a softmax
@@ -19,7 +20,8 @@ UNIFORM = 0.95
 
 
 def _val_loader(cfg):
-    dataset = EvalDataset(build_source(cfg, cfg["eval"]["split"]), build_eval_transform(cfg))
+    dataset = EvalDataset(build_source(SourceConfig.from_config(cfg), cfg["eval"]["split"]),
+                          eval_transform(cfg["augment"]["pipeline"], cfg["data"]["image_size"]))
     return torch.utils.data.DataLoader(dataset, batch_size=256)
 
 
@@ -29,7 +31,7 @@ def _trained_distributions(tmp_path, extra):
         "eval.enabled=false", *extra,
     ])
     train(cfg, str(tmp_path))
-    model = build_model(cfg)
+    model = twin_model(cfg)
     model.load_state_dict(torch.load(os.path.join(tmp_path, "checkpoint.pth"), weights_only=True)["model"])
     model.eval()
     with torch.no_grad():

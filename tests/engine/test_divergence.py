@@ -5,10 +5,10 @@ import re
 import pytest
 import torch
 
+from tests.parts import twin_model
 from twist.config import load_config
 from twist.engine.checkpoint import CheckpointError, load_weights_only, nonfinite_tensors
 from twist.engine.trainer import FiniteCheckpoints, TrainingDiverged, export_backbones, train
-from twist.models import build_model
 
 # An lr of 1e30 turns the weights NaN at the first step it is used; the warmup's first step has lr 0.
 DIVERGE = ["optim.lr=1e30", "train.checkpoint_every=1"]
@@ -57,7 +57,7 @@ def test_a_non_finite_checkpoint_is_not_resumed(tmp_path, tiny_overrides):
 
 
 def test_a_non_finite_backbone_is_not_exported(tmp_path, tiny_config):
-    model = build_model(tiny_config)
+    model = twin_model(tiny_config)
     with torch.no_grad():
         model.backbone.layer1[0].conv1.weight[0, 0, 0, 0] = float("inf")
     finite = FiniteCheckpoints(str(tmp_path / "checkpoint.pth"), torch.device("cpu"), collective=False)

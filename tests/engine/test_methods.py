@@ -40,9 +40,9 @@ def test_resume_gives_identical_weights(tmp_path, tiny_overrides, method):
 
 
 def test_barlow_twins_zero_init_residual_starts_each_block_at_the_identity(tiny_overrides):
-    from twist.models import build_model
+    from tests.parts import twin_model
 
-    model = build_model(load_config(None, tiny_overrides + METHODS["barlow_twins"]))
+    model = twin_model(load_config(None, tiny_overrides + METHODS["barlow_twins"]))
     last_norms = [m.bn2 for m in model.backbone.modules() if hasattr(m, "bn2") and not hasattr(m, "bn3")]
     assert last_norms and all(torch.count_nonzero(bn.weight) == 0 for bn in last_norms)
 

@@ -11,7 +11,7 @@ from twist.cli.eval import main as eval_main
 from twist.config import load_config
 from twist.distributed import DistEnv
 from twist.engine.logging import curve_panels
-from twist.engine.monitors import OnlineProbe
+from twist.engine.monitors import MonitorConfig, OnlineProbe
 from twist.engine.trainer import train
 
 KNN = ["monitor.knn_every=1", "monitor.k=5", "monitor.temperature=0.2", "monitor.max_train_images=0",
@@ -79,7 +79,7 @@ def test_the_probe_learns_on_detached_features_and_no_gradient_reaches_the_backb
     torch.manual_seed(0)
     backbone = nn.Sequential(_Flatten(), nn.Linear(6, 6))
     cfg = load_config(None, TINY + ["monitor.probe=true", "monitor.probe_lr=0.5"])
-    probe = OnlineProbe(cfg, backbone, 6, 3, torch.device("cpu"), DistEnv())
+    probe = OnlineProbe(MonitorConfig.from_config(cfg), cfg["seed"], backbone, 6, 3, torch.device("cpu"), DistEnv())
     centres = torch.randn(3, 6) * 3
     accuracies = []
     for step in range(60):

@@ -5,8 +5,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from twist.config import DEFAULTS
 from twist.distributed import DistEnv
-from twist.engine.monitors import OnlineProbe
+from twist.engine.monitors import MonitorConfig, OnlineProbe
 
 
 def _reference(weight, bias, batches, lr, momentum, decay):
@@ -29,9 +30,11 @@ def _reference(weight, bias, batches, lr, momentum, decay):
 
 
 def test_the_probe_reports_the_accuracy_of_sgd_on_the_features_it_saw():
-    cfg = {"seed": 3, "monitor": {"probe_lr": 0.5, "probe_momentum": 0.9, "probe_weight_decay": 1e-3}}
+    monitor = MonitorConfig(**{**DEFAULTS["monitor"], "probe_lr": 0.5, "probe_momentum": 0.9,
+                               "probe_weight_decay": 1e-3})
     backbone = nn.Identity()  # the hook sees exactly the features given
-    probe = OnlineProbe(cfg, backbone, feature_dim=6, num_classes=3, device=torch.device("cpu"), env=DistEnv())
+    probe = OnlineProbe(monitor, 3, backbone, feature_dim=6, num_classes=3, device=torch.device("cpu"),
+                        env=DistEnv())
     weight, bias = probe.linear.weight.detach().clone(), probe.linear.bias.detach().clone()
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 6)) * 2

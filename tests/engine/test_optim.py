@@ -1,4 +1,5 @@
 """LARS against an independent float64 implementation; parameter groups; lr/wd schedules."""
+import dataclasses
 import math
 
 import numpy as np
@@ -8,10 +9,12 @@ from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from twist.config import DEFAULTS
+from twist.config import DEFAULTS, load_config
 from twist.engine.optim import (
     LARS,
     BarlowTwinsLARS,
+    OptimConfig,
+    ScheduleConfig,
     apply_schedules,
     build_optimizer,
     build_schedules,
@@ -353,18 +356,17 @@ def test_split_decay_groups():
 
 
 def _optim_cfg(**changes):
-    cfg = dict(DEFAULTS["optim"])
-    cfg.update(changes)
-    return cfg
+    return OptimConfig(**{**DEFAULTS["optim"], **changes})
 
 
-def _schedules(optim_cfg, epochs, steps_per_epoch, global_batch, **sections):
-    """build_schedules on a run config whose other sections keep their defaults."""
+def _schedules(optim, epochs, steps_per_epoch, global_batch, **sections):
+    """build_schedules with ``optim``, ``epochs`` and the changes to other sections; the rest keep their defaults."""
     cfg = {key: dict(value) if isinstance(value, dict) else value for key, value in DEFAULTS.items()}
-    cfg["optim"], cfg["train"]["epochs"] = optim_cfg, epochs
+    cfg["train"]["epochs"] = epochs
     for name, changes in sections.items():
         cfg[name].update(changes)
-    return build_schedules(cfg, steps_per_epoch, global_batch)
+    section = dataclasses.replace(ScheduleConfig.from_config(cfg), optim=optim)
+    return build_schedules(section, steps_per_epoch, global_batch)
 
 
 def test_build_lars_groups():
@@ -554,3 +556,26 @@ def test_self_labeling_restarts_the_lr_and_runs_the_quantile_schedule():
     assert q[sm] == pytest.approx(0.5) and q[-1] == pytest.approx(0.6, abs=0.01)
     assert np.all(np.diff(q[sm:]) > 0)
     assert len(s["momentum"]) == total  # the teacher's schedule covers every step of the run
+
+
+# ---- the sections ----------------------------------------------------------------------------------
+
+def test_the_optim_section_holds_every_key_of_optim_and_nothing_else():
+    cfg = load_config(None, ["data.dataset=synthetic", "optim.name=sgd", "optim.lr=0.3", "optim.clip_grad_norm=1.5"])
+    optim = OptimConfig.from_config(cfg)
+    assert dataclasses.asdict(optim) == cfg["optim"]
+    with pytest.raises(TypeError):
+        OptimConfig.from_config({"optim": {**cfg["optim"], "lr_typo": 0.1}})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        optim.lr = 0.1
+
+
+def test_the_schedule_section_reads_the_run_length_the_self_label_stage_and_the_teacher():
+    cfg = load_config(None, ["data.dataset=synthetic", "train.epochs=12", "self_label.enabled=true",
+                             "self_label.start_epoch=9", "self_label.global_scale=[0.2, 1.0]",
+                             "teacher.momentum_start=0.99"])
+    section = ScheduleConfig.from_config(cfg)
+    assert section.epochs == 12 and section.optim == OptimConfig.from_config(cfg)
+    assert (section.self_label.enabled, section.self_label.start_epoch) == (True, 9)
+    assert section.self_label.global_scale == (0.2, 1.0)  # a tuple: the section cannot change under the run
+    assert (section.teacher.momentum_start, section.teacher.momentum_end) == (0.99, 1.0)

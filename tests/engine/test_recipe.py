@@ -5,10 +5,11 @@ import os
 import pytest
 import torch
 
+from tests.parts import train_transform
 from twist.config import load_config
-from twist.data import ViewsDataset, build_source, build_train_transform
+from twist.data import SourceConfig, ViewsDataset, build_source
 from twist.engine.checkpoint import load_weights_only
-from twist.engine.optim import build_schedules
+from twist.engine.optim import ScheduleConfig, build_schedules
 from twist.engine.trainer import train
 
 MULTICROP = ["augment.local_crops=3", "augment.local_size=8", "self_label.enabled=true",
@@ -17,8 +18,8 @@ MULTICROP = ["augment.local_crops=3", "augment.local_size=8", "self_label.enable
 
 def test_multicrop_views_and_the_self_labeling_switch_are_functions_of_the_epoch(tiny_overrides):
     cfg = load_config(None, tiny_overrides + MULTICROP + ["augment.pipeline=barlow"])
-    dataset = ViewsDataset(build_source(cfg), build_train_transform(cfg), seed=0,
-                           later_stages=[(1, build_train_transform(cfg, stage=1))])
+    dataset = ViewsDataset(build_source(SourceConfig.from_config(cfg)), train_transform(cfg), seed=0,
+                           later_stages=[(1, train_transform(cfg, stage=1))])
     views, _, _ = dataset[(0, 5)]
     assert [tuple(v.shape) for v in views] == [(3, 16, 16)] * 2 + [(3, 8, 8)] * 3
     assert dataset.transform_for_epoch(0) is dataset.transform
@@ -47,7 +48,7 @@ def test_resume_across_the_self_labeling_boundary_is_exact(tmp_path, tiny_overri
     records = [json.loads(line) for line in open(os.path.join(straight, "log.jsonl"))]
     sl = [r for r in records if r.get("stage") == "self_label"]
     # The kept fraction follows the quantile schedule: floor(q * B) of the B = 8 samples pass.
-    quantile = build_schedules(cfg, steps_per_epoch=4, global_batch=8)["quantile"]
+    quantile = build_schedules(ScheduleConfig.from_config(cfg), steps_per_epoch=4, global_batch=8)["quantile"]
     assert [r["kept_fraction"] for r in sl] == [int(quantile[r["step"] - 1] * 8) / 8 for r in sl]
 
 

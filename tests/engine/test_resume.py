@@ -8,6 +8,7 @@ import torch
 
 from twist.cli.train import build_parser, main
 from twist.config import ConfigError, load_config
+from twist.distributed import DistEnv
 from twist.engine.checkpoint import CheckpointError, load_weights_only
 from twist.engine.trainer import train
 
@@ -70,6 +71,24 @@ def test_a_checkpoint_without_config_that_does_not_fit_names_the_tensors(tmp_pat
     assert len(message.splitlines()) == 1 and path in message
     assert "head.last_linear.weight" in message
     assert "[8, 32]" in message and "[16, 32]" in message
+
+
+def test_a_checkpoint_of_another_number_of_ranks_is_refused_before_anything_is_loaded(tmp_path, tiny_overrides):
+    from twist.engine.resume import restore_run
+    from twist.engine.trainer import build_run
+
+    out = _first_run(tmp_path, tiny_overrides)
+    path = os.path.join(out, "checkpoint.pth")
+    state = load_weights_only(path)
+    state["rng"] = state["rng"] * 2  # as two ranks write it
+    state["model"] = {name: tensor + 1 for name, tensor in state["model"].items()}
+    torch.save(state, path)
+    cfg = load_config(None, tiny_overrides)
+    run = build_run(cfg, out, torch.device("cpu"), DistEnv())
+    before = {name: tensor.clone() for name, tensor in run.model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"written by 2 ranks; .* \(1 now\)"):
+        restore_run(path, cfg, run.model, run.teacher, run.optimizer, run.scaler, rank=0, world_size=1)
+    assert all(torch.equal(before[name], tensor) for name, tensor in run.model.state_dict().items())
 
 
 def test_restart_moves_the_old_run_aside_and_starts_over(tmp_path, tiny_overrides, capsys):

@@ -1,4 +1,5 @@
-"""The run log on a full disk or in a read-only folder: one line naming log.jsonl, not a traceback."""
+"""The run log on a full disk or in a read-only folder: one line naming log.jsonl, not a traceback; and
+closing it twice."""
 import os
 
 import pytest
@@ -22,3 +23,17 @@ def test_a_read_only_folder_names_it(tmp_path, monkeypatch):
     read_only_folder(monkeypatch, tmp_path)
     with pytest.raises(OutputError, match=rf"log.jsonl': the folder '{tmp_path}' is on a read-only file system"):
         RunLog(str(tmp_path), tensorboard=False)
+
+
+def test_closing_twice_finishes_the_wandb_run_once(tmp_path):
+    class CountingWandb:
+        finished = 0
+
+        def finish(self):
+            self.finished += 1
+
+    wandb = CountingWandb()
+    log = RunLog(str(tmp_path), tensorboard=False, wandb=wandb)
+    log.close()
+    log.close()  # as the run's exit stack does after finish() closed it
+    assert wandb.finished == 1

@@ -13,11 +13,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from tests.parts import twin_model
 from tests.test_distributed import _free_port
 from twist.config import load_config
 from twist.distributed import all_gather_cat, all_reduce_mean, reduce_for_logging, synchronise_batch_norms
 from twist.losses import BarlowTwinsLoss, WMSELoss
-from twist.models import build_model
 
 WORLD, GLOBAL_BATCH, NUM_VIEWS = 2, 8, 3
 METHODS = {
@@ -30,7 +30,7 @@ COMMON = ["data.dataset=synthetic", "model.backbone=resnet18", "data.image_size=
 
 def _model(method):
     torch.manual_seed(0)
-    return build_model(load_config(None, COMMON + METHODS[method])).double()
+    return twin_model(load_config(None, COMMON + METHODS[method])).double()
 
 
 def _views(method):

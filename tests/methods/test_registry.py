@@ -8,7 +8,7 @@ import torch
 
 from twist.config import DEFAULTS, load_config
 from twist.methods import METHODS, build_method
-from twist.methods.base import section_defaults
+from twist.sections import section_defaults
 
 TINY = ["device=cpu", "data.dataset=synthetic", "data.image_size=16", "model.backbone=resnet18",
         "train.batch_size=8", "wmse.w_size=8", "wmse.out_dim=4"]

@@ -2,8 +2,9 @@ import pytest
 import torch
 from torchvision.models import resnet18, resnet50
 
+from tests.parts import twin_model
 from twist.config import load_config
-from twist.models import build_backbone, build_model
+from twist.models import build_backbone
 
 
 def test_resnet50_keys_are_torchvision_minus_fc():
@@ -61,7 +62,7 @@ def test_drop_path_is_refused_for_resnets():
 def test_twin_model_runs_backbone_per_resolution_and_head_once():
     cfg = load_config(None, ["data.dataset=synthetic", "model.backbone=resnet18", "model.head.hidden_dim=32",
                              "model.head.num_classes=8", "data.image_size=32"])
-    model = build_model(cfg)
+    model = twin_model(cfg)
     calls = []
     model.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
     views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32), torch.randn(4, 3, 16, 16)]

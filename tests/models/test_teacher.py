@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
+from tests.parts import twin_model
 from twist.config import load_config
 from twist.engine.optim import momentum_schedule
-from twist.models import build_model
 from twist.models.teacher import EMATeacher
 
 
@@ -38,6 +38,6 @@ def test_teacher_has_no_stochastic_depth():
     cfg = load_config(None, ["model.backbone=deit_small", "model.small_input=true", "data.image_size=16",
                              "data.dataset=synthetic", "model.drop_path_rate=0.2", "model.head.hidden_dim=32",
                              "model.head.num_classes=8"])
-    student, teacher = build_model(cfg), EMATeacher(build_model(cfg), build_model(cfg))
+    student, teacher = twin_model(cfg), EMATeacher(twin_model(cfg), twin_model(cfg))
     assert student.backbone.blocks[-1].drop_path1.drop_prob == pytest.approx(0.2)
     assert all(getattr(m, "drop_prob", 0.0) == 0.0 for m in teacher.modules())

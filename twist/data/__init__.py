@@ -4,14 +4,15 @@ from twist.data.datasets import (
     DigitsSource,
     EvalDataset,
     ImageFolderSource,
+    SourceConfig,
     SyntheticSource,
     ViewsDataset,
     build_source,
     collate_views,
 )
 from twist.data.samplers import EpochSampler
-from twist.data.transforms import build_eval_transform, build_train_transform
+from twist.data.transforms import build_train_transform
 
 __all__ = ["CorruptImageError", "DatasetError", "DigitsSource", "EvalDataset", "ImageFolderSource",
-           "SyntheticSource", "ViewsDataset", "build_source", "collate_views", "EpochSampler",
-           "build_eval_transform", "build_train_transform"]
+           "SourceConfig", "SyntheticSource", "ViewsDataset", "build_source", "collate_views", "EpochSampler",
+           "build_train_transform"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import numpy as np
@@ -272,36 +272,55 @@ class SyntheticSource:
         return Image.fromarray(self.images[index], mode="RGB"), int(self.labels[index])
 
 
-def build_source(cfg: dict[str, Any], split: str = "train"):
-    """The image source of ``cfg['data']`` for ``split``.
+@dataclass(frozen=True)
+class SourceConfig:
+    """The keys of ``data`` that say which images a split holds, which pretraining and evaluation configs
+    share, and the run's ``seed``, from which the synthetic set is drawn."""
+
+    dataset: str
+    path: str
+    list_file: str
+    val_list_file: str
+    image_size: int
+    num_samples: int
+    num_classes: int
+    seed: int
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> SourceConfig:
+        data = cfg["data"]
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name != "seed"}, seed=cfg["seed"])
+
+
+def build_source(source: SourceConfig, split: str = "train"):
+    """The image source of ``source`` for ``split``.
 
     A folder reads ``<path>/<split>/<class>/<image>``, an LMDB ``<path>/<split>.lmdb``, a file list
     ``data.list_file`` ('train') or ``data.val_list_file`` ('val'); digits ('all', 'train', 'val')
     and synthetic ('train', 'val') have their splits built in.
     """
-    data = cfg["data"]
-    if data["dataset"] == "folder":
-        root = os.path.join(data["path"], split)
+    if source.dataset == "folder":
+        root = os.path.join(source.path, split)
         if not os.path.isdir(root):
             raise DatasetError(f"image folder '{root}' does not exist; data.path must hold "
                                f"train/<class>/<image> and val/<class>/<image> (ImageNet layout)")
         return ImageFolderSource(root)
-    if data["dataset"] == "filelist":
+    if source.dataset == "filelist":
         if split not in ("train", "val"):
             raise DatasetError(f"the file-list dataset has splits 'train' (data.list_file) and 'val' "
                                f"(data.val_list_file), not '{split}'")
-        list_file = data["list_file"] if split == "train" else data["val_list_file"]
+        list_file = source.list_file if split == "train" else source.val_list_file
         if not list_file:
             raise DatasetError("the file-list dataset has no 'val' split: set data.val_list_file")
-        return FileListSource(data["path"], list_file)
-    if data["dataset"] == "lmdb":
-        return LMDBSource(os.path.join(data["path"], f"{split}.lmdb"))
-    if data["dataset"] == "digits":
+        return FileListSource(source.path, list_file)
+    if source.dataset == "lmdb":
+        return LMDBSource(os.path.join(source.path, f"{split}.lmdb"))
+    if source.dataset == "digits":
         return DigitsSource(split)
-    if data["dataset"] == "synthetic":
-        return SyntheticSource(data["num_samples"], data["num_classes"], data["image_size"], seed=cfg["seed"],
+    if source.dataset == "synthetic":
+        return SyntheticSource(source.num_samples, source.num_classes, source.image_size, seed=source.seed,
                                split=split)
-    raise DatasetError(f"unknown data.dataset '{data['dataset']}'")
+    raise DatasetError(f"unknown data.dataset '{source.dataset}'")
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

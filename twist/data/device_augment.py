@@ -16,7 +16,6 @@ measures both).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +26,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from twist.data.datasets import split_skipped
 from twist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from twist.data.view_specs import ViewSpec, train_views
+from twist.data.view_specs import AugmentConfig, ViewSpec
 
 # Plan columns, one row per view.
 TOP, LEFT, HEIGHT, WIDTH, FLIP, JITTER, BRIGHTNESS, CONTRAST, SATURATION, HUE = range(10)
@@ -45,8 +44,8 @@ class ViewPlanner:
     generator exactly as the CPU pipeline's transforms do, view by view.
     """
 
-    def __init__(self, specs: list[ViewSpec], aug: dict[str, Any], max_side: int):
-        self.specs, self.aug, self.max_side = specs, aug, max_side
+    def __init__(self, specs: list[ViewSpec], augment: AugmentConfig):
+        self.specs, self.augment = specs, augment
 
     def __call__(self, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         img = img.convert("RGB")
@@ -56,20 +55,21 @@ class ViewPlanner:
             # Drawn on the full-size image, as the CPU pipeline draws them; scaled below if it shrinks.
             row[TOP], row[LEFT], row[HEIGHT], row[WIDTH] = torch.tensor(
                 T.RandomResizedCrop.get_params(img, list(scale), [3 / 4, 4 / 3]), dtype=torch.float32)
-            row[FLIP] = float(torch.rand(1) < self.aug["hflip"])
-            if self.aug["color_jitter"] >= torch.rand(1):  # T.RandomApply's test
+            row[FLIP] = float(torch.rand(1) < self.augment.hflip)
+            if self.augment.color_jitter >= torch.rand(1):  # T.RandomApply's test
                 order, b, c, s, h = T.ColorJitter.get_params(_JITTER.brightness, _JITTER.contrast,
                                                              _JITTER.saturation, _JITTER.hue)
                 row[JITTER], row[BRIGHTNESS], row[CONTRAST], row[SATURATION], row[HUE] = 1.0, b, c, s, h
                 row[ORDER] = order.float()
-            row[GRAY] = float(torch.rand(1) < self.aug["grayscale"])
+            row[GRAY] = float(torch.rand(1) < self.augment.grayscale)
             if blur > 0 and torch.rand(()).item() < blur:  # RandomGaussianBlur's draws
                 row[BLUR] = 1.0
                 row[SIGMA] = _BLUR_SIGMA[0] + (_BLUR_SIGMA[1] - _BLUR_SIGMA[0]) * torch.rand(()).item()
             if solarize > 0 and torch.rand(()).item() < solarize:
                 row[SOLARIZE] = 1.0
-        if max(img.size) > self.max_side:
-            factor = self.max_side / max(img.size)
+        max_side = self.augment.on_device_max_side
+        if max(img.size) > max_side:
+            factor = max_side / max(img.size)
             size = (max(1, round(img.width * factor)), max(1, round(img.height * factor)))
             plan[:, [LEFT, WIDTH]] *= size[0] / img.width
             plan[:, [TOP, HEIGHT]] *= size[1] / img.height
@@ -77,16 +77,11 @@ class ViewPlanner:
         return pil_to_tensor(img), plan
 
 
-def build_view_planner(cfg: dict[str, Any], stage: int = 0) -> ViewPlanner:
-    """The planner of ``build_train_transform(cfg, stage)``'s views, for the `barlow` pipeline."""
-    aug = cfg["augment"]
-    if aug["pipeline"] != "barlow":
-        raise ValueError(f"augment.on_device implements the 'barlow' pipeline, not '{aug['pipeline']}'")
-    return ViewPlanner(train_views(cfg, stage), aug, aug["on_device_max_side"])
-
-
-def view_sizes(cfg: dict[str, Any]) -> list[int]:
-    return [view.size for view in train_views(cfg)]
+def build_view_planner(augment: AugmentConfig, views: list[ViewSpec]) -> ViewPlanner:
+    """The planner of ``build_train_transform(augment, views)``'s views, for the `barlow` pipeline."""
+    if augment.pipeline != "barlow":
+        raise ValueError(f"augment.on_device implements the 'barlow' pipeline, not '{augment.pipeline}'")
+    return ViewPlanner(views, augment)
 
 
 def collate_planned(items: list):

@@ -6,14 +6,14 @@ a resumed run sees exactly the views an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
 from twist.data.backdrop import RandomBackdrop
-from twist.data.view_specs import train_views
+from twist.data.view_specs import AugmentConfig, ViewSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,13 +61,13 @@ class MultiView:
         return [pipeline(img) for pipeline in self.pipelines]
 
 
-def _barlow_view(size: int, scale: tuple[float, float], aug: dict[str, Any], blur: float,
+def _barlow_view(size: int, scale: tuple[float, float], aug: AugmentConfig, blur: float,
                  solarize: float) -> T.Compose:
     return T.Compose([
         T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(aug["hflip"]),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=aug["color_jitter"]),
-        T.RandomGrayscale(aug["grayscale"]),
+        T.RandomHorizontalFlip(aug.hflip),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=aug.color_jitter),
+        T.RandomGrayscale(aug.grayscale),
         RandomGaussianBlur(blur),
         RandomSolarize(solarize),
         T.ToTensor(),
@@ -75,15 +75,15 @@ def _barlow_view(size: int, scale: tuple[float, float], aug: dict[str, Any], blu
     ])
 
 
-def _small_gray_view(size: int, scale: tuple[float, float], aug: dict[str, Any], blur: float,
+def _small_gray_view(size: int, scale: tuple[float, float], aug: AugmentConfig, blur: float,
                      solarize: float) -> T.Compose:
     # Digits-like data: no hue or saturation to jitter, and small blur radii (the images are tiny).
     return T.Compose([
         T.RandomResizedCrop(size, scale=scale, ratio=(0.8, 1.25), interpolation=T.InterpolationMode.BILINEAR),
-        T.RandomHorizontalFlip(aug["hflip"]),
-        T.RandomRotation(aug["rotation"], interpolation=T.InterpolationMode.BILINEAR),
-        *([RandomBackdrop(aug["backdrop"])] if aug["backdrop"] > 0 else []),
-        T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4)], p=aug["color_jitter"]),
+        T.RandomHorizontalFlip(aug.hflip),
+        T.RandomRotation(aug.rotation, interpolation=T.InterpolationMode.BILINEAR),
+        *([RandomBackdrop(aug.backdrop)] if aug.backdrop > 0 else []),
+        T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4)], p=aug.color_jitter),
         RandomGaussianBlur(blur, sigma_min=0.1, sigma_max=0.1 + size / 32),
         RandomSolarize(solarize),
         T.ToTensor(),
@@ -95,11 +95,10 @@ def _small_gray_view(size: int, scale: tuple[float, float], aug: dict[str, Any],
 _VIEW_BUILDERS = {"barlow": _barlow_view, "small_gray": _small_gray_view}
 
 
-def build_train_transform(cfg: dict[str, Any], stage: int = 0) -> MultiView:
-    """One pipeline per view of ``twist.data.view_specs.train_views(cfg, stage)``."""
-    aug = cfg["augment"]
-    builder = _VIEW_BUILDERS[aug["pipeline"]]
-    return MultiView([builder(v.size, v.scale, aug, v.blur, v.solarize) for v in train_views(cfg, stage)])
+def build_train_transform(augment: AugmentConfig, views: list[ViewSpec]) -> MultiView:
+    """One pipeline of ``augment.pipeline`` per view of ``views`` (one stage of ``view_specs.view_stages``)."""
+    builder = _VIEW_BUILDERS[augment.pipeline]
+    return MultiView([builder(v.size, v.scale, augment, v.blur, v.solarize) for v in views])
 
 
 _INTERPOLATION = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
@@ -120,10 +119,6 @@ def eval_transform(pipeline: str, size: int, interpolation: str = "bilinear") ->
         T.Resize(int(round(size * 256 / 224)), interpolation=_INTERPOLATION[interpolation]),
         T.CenterCrop(size), T.ToTensor(), ToThreeChannels(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
-
-
-def build_eval_transform(cfg: dict[str, Any]) -> T.Compose:
-    return eval_transform(cfg["augment"]["pipeline"], cfg["data"]["image_size"])
 
 
 def build_classification_transforms(pipeline: str, size: int, crop_scale: tuple[float, float], hflip: float,

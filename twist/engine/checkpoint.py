@@ -174,7 +174,7 @@ class Entry:
     OPTIMIZER = "optimizer"
     SCALER = "scaler"
     STEP = "step"  # optimiser steps taken in total
-    EPOCH = "epoch"
+    EPOCH = "epoch"  # epochs completed: the step // the steps per epoch
     RNG = "rng"  # every rank's RNG states, in rank order
     CONFIG = "config"  # the resolved config the run trained with
 

@@ -49,6 +49,9 @@ class RunLog:
             self._wandb.log(record)
 
     def close(self) -> None:
+        """Idempotent: a run closes its log before plotting it, and its exit stack closes it again."""
+        if self._file.closed:
+            return
         with writing(self.path):  # closing flushes what a failed write left in the buffer
             self._file.close()
         if self._writer is not None:

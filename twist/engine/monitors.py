@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,13 +22,37 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from twist.config import ConfigError
-from twist.data import DatasetError, EvalDataset, build_source
+from twist.data import DatasetError, EvalDataset, SourceConfig, build_source
+from twist.data.loader import DataConfig
 from twist.data.transforms import eval_transform
 from twist.distributed import DistEnv
 from twist.eval.config import EVAL_DEFAULTS
 from twist.eval.features import FeatureExtractor, collective_device, extract_features
 from twist.eval.knn import knn_correct
 from twist.eval.linear import num_classes_of
+from twist.sections import read_section
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """``monitor``: the kNN monitor's period, splits, image limits and classifier, and the online probe's SGD."""
+
+    knn_every: int
+    train_split: str
+    val_split: str
+    max_train_images: int
+    max_val_images: int
+    k: int
+    temperature: float
+    batch_size: int
+    probe: bool
+    probe_lr: float
+    probe_momentum: float
+    probe_weight_decay: float
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> MonitorConfig:
+        return read_section(cls, cfg["monitor"])
 
 
 class EvenlySpaced(Dataset):
@@ -46,13 +71,13 @@ class EvenlySpaced(Dataset):
         return image, label, index
 
 
-def labelled_source(cfg: dict[str, Any], split: str, key: str):
+def labelled_source(images: SourceConfig, split: str, key: str):
     try:
-        source = build_source(cfg, split)
+        source = build_source(images, split)
     except DatasetError as err:
         raise DatasetError(f"{key}='{split}': {err}") from None
     if not getattr(source, "labelled", True):
-        raise DatasetError(f"{key}='{split}': the split of data.dataset={cfg['data']['dataset']} has no labels (a "
+        raise DatasetError(f"{key}='{split}': the split of data.dataset={images.dataset} has no labels (a "
                            f"file list of bare paths); the monitor needs '<path> <integer label>' lines")
     return source
 
@@ -60,23 +85,21 @@ def labelled_source(cfg: dict[str, Any], split: str, key: str):
 class KNNMonitor:
     """``twist-eval knn`` on the backbone being trained, at the end of every ``monitor.knn_every``-th epoch."""
 
-    def __init__(self, cfg: dict[str, Any], backbone: nn.Module, family: str, feature_dim: int,
-                 device: torch.device, env: DistEnv, autocast_dtype: torch.dtype | None):
-        monitor = cfg["monitor"]
-        self.every, self.k, self.temperature = monitor["knn_every"], monitor["k"], monitor["temperature"]
-        self.batch_size, self.num_workers = monitor["batch_size"], cfg["data"]["num_workers"]
+    def __init__(self, monitor: MonitorConfig, data: DataConfig, pipeline: str, backbone: nn.Module, family: str,
+                 feature_dim: int, device: torch.device, env: DistEnv, autocast_dtype: torch.dtype | None):
+        self.every, self.k, self.temperature = monitor.knn_every, monitor.k, monitor.temperature
+        self.batch_size, self.num_workers = monitor.batch_size, data.num_workers
         self.device, self.env, self.autocast_dtype = device, env, autocast_dtype
         # twist-eval's own defaults, so that the figure is that of twist-eval knn on a checkpoint of this step.
         features = EVAL_DEFAULTS["features"]
         self.extractor = FeatureExtractor(backbone, family, feature_dim,
                                           features["vit_last_blocks"] if family == "vit" else 1,
                                           features["vit_avgpool"] and family == "vit")
-        transform = eval_transform(cfg["augment"]["pipeline"], cfg["data"]["image_size"],
-                                   EVAL_DEFAULTS["augment"]["interpolation"])
-        train_source = labelled_source(cfg, monitor["train_split"], "monitor.train_split")
-        val_source = labelled_source(cfg, monitor["val_split"], "monitor.val_split")
-        self.train_set = EvenlySpaced(EvalDataset(train_source, transform), monitor["max_train_images"])
-        self.val_set = EvenlySpaced(EvalDataset(val_source, transform), monitor["max_val_images"])
+        transform = eval_transform(pipeline, data.source.image_size, EVAL_DEFAULTS["augment"]["interpolation"])
+        train_source = labelled_source(data.source, monitor.train_split, "monitor.train_split")
+        val_source = labelled_source(data.source, monitor.val_split, "monitor.val_split")
+        self.train_set = EvenlySpaced(EvalDataset(train_source, transform), monitor.max_train_images)
+        self.val_set = EvenlySpaced(EvalDataset(val_source, transform), monitor.max_val_images)
         self.train_source = train_source
 
     def due(self, epochs_done: int) -> bool:
@@ -108,13 +131,14 @@ class KNNMonitor:
                 "num_val": len(self.val_set), "seconds": time.perf_counter() - start}
 
 
-def classes_of(source, cfg: dict[str, Any]) -> int:
-    """The number of classes of the training source, from its class names or its labels."""
+def classes_of(source, declared: int) -> int:
+    """The number of classes of the training source, from its class names or its labels; else ``declared``
+    (``data.num_classes``)."""
     labels = getattr(source, "labels", None)
     if labels is None and hasattr(source, "samples"):
         labels = [label for _, label in source.samples]
     found = int(max(labels)) + 1 if labels is not None and len(labels) else 0
-    return max(len(getattr(source, "classes", ())), found) or cfg["data"]["num_classes"]
+    return max(len(getattr(source, "classes", ())), found) or declared
 
 
 class OnlineProbe:
@@ -125,20 +149,18 @@ class OnlineProbe:
     gradients averaged over the ranks, so that every rank holds the same probe.
     """
 
-    def __init__(self, cfg: dict[str, Any], backbone: nn.Module, feature_dim: int, num_classes: int,
+    def __init__(self, monitor: MonitorConfig, seed: int, backbone: nn.Module, feature_dim: int, num_classes: int,
                  device: torch.device, env: DistEnv):
-        monitor = cfg["monitor"]
         self.env, self.device = env, device
         # Its own generator: drawing the probe's weights leaves the global stream (dropout) untouched.
-        generator = torch.Generator().manual_seed(cfg["seed"])
+        generator = torch.Generator().manual_seed(seed)
         bound = 1 / math.sqrt(feature_dim)
         self.linear = nn.Linear(feature_dim, num_classes, device="meta").to_empty(device=device)
         with torch.no_grad():
             for param in self.linear.parameters():
                 param.copy_(torch.empty(param.shape).uniform_(-bound, bound, generator=generator))
-        self.optimizer = torch.optim.SGD(self.linear.parameters(), lr=monitor["probe_lr"],
-                                         momentum=monitor["probe_momentum"],
-                                         weight_decay=monitor["probe_weight_decay"])
+        self.optimizer = torch.optim.SGD(self.linear.parameters(), lr=monitor.probe_lr,
+                                         momentum=monitor.probe_momentum, weight_decay=monitor.probe_weight_decay)
         self._rows = 0  # the rows of the next backbone output to keep; 0: keep nothing
         self._features: torch.Tensor | None = None
         self._totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct, loss sum, images
@@ -191,19 +213,19 @@ class OnlineProbe:
 class RunMonitors:
     """The monitors ``monitor.*`` asks for, as the calls the training loop makes; each a no-op when off."""
 
-    def __init__(self, cfg: dict[str, Any], model: nn.Module, train_source, device: torch.device, env: DistEnv,
-                 autocast_dtype: torch.dtype | None):
-        monitor = cfg["monitor"]
+    def __init__(self, monitor: MonitorConfig, data: DataConfig, pipeline: str, model: nn.Module, train_source,
+                 device: torch.device, env: DistEnv, autocast_dtype: torch.dtype | None):
         feature_dim = backbone_feature_dim(model)
-        self.knn = (KNNMonitor(cfg, model.backbone, model.family, feature_dim, device, env, autocast_dtype)
-                    if monitor["knn_every"] else None)
+        self.knn = (KNNMonitor(monitor, data, pipeline, model.backbone, model.family, feature_dim, device, env,
+                               autocast_dtype) if monitor.knn_every else None)
         self.probe = None
-        if monitor["probe"]:
+        if monitor.probe:
             if not getattr(train_source, "labelled", True):
-                raise ConfigError(f"monitor.probe trains on the labels of data.train_split='"
-                                  f"{cfg['data']['train_split']}', which has none (a file list of bare paths); "
-                                  f"give '<path> <integer label>' lines or set monitor.probe=false")
-            self.probe = OnlineProbe(cfg, model.backbone, feature_dim, classes_of(train_source, cfg), device, env)
+                raise ConfigError(f"monitor.probe trains on the labels of data.train_split='{data.train_split}', "
+                                  f"which has none (a file list of bare paths); give '<path> <integer label>' "
+                                  f"lines or set monitor.probe=false")
+            num_classes = classes_of(train_source, data.source.num_classes)
+            self.probe = OnlineProbe(monitor, data.source.seed, model.backbone, feature_dim, num_classes, device, env)
 
     def expect_features(self, batch_size: int) -> None:
         if self.probe is not None:

@@ -2,13 +2,57 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
+from twist.methods.twist import SelfLabelConfig
+from twist.models.teacher import TeacherConfig
+from twist.sections import read_section
+
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """``optim``: the optimiser and its rule, the peak learning rate and its curve, the weight decay and its
+    curve, which parameters it spares, and the gradient clipping."""
+
+    name: str
+    lr: float
+    bias_lr_ratio: float
+    warmup_epochs: int
+    final_lr_ratio: float
+    weight_decay: float
+    weight_decay_end: float
+    exclude_bias_and_norm: bool
+    momentum: float
+    lars_eta: float
+    lars_rule: str
+    clip_grad_norm: float
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> OptimConfig:
+        return read_section(cls, cfg["optim"])
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """What the per-step schedules read: the run's length (``train.epochs``), ``optim``'s curves, the
+    self-labeling stage's learning-rate restart and kept fraction, and the EMA teacher's momentum."""
+
+    epochs: int
+    optim: OptimConfig
+    self_label: SelfLabelConfig
+    teacher: TeacherConfig
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> ScheduleConfig:
+        return cls(cfg["train"]["epochs"], OptimConfig.from_config(cfg),
+                   read_section(SelfLabelConfig, cfg["self_label"]), TeacherConfig.from_config(cfg))
 
 
 class _LayerwiseSGD(torch.optim.Optimizer):
@@ -152,31 +196,30 @@ def split_decay_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Pa
     return weights, no_decay
 
 
-def build_optimizer(model: nn.Module, optim_cfg: dict[str, Any]) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
     """Group 0 holds the weights (scheduled wd, LARS adaptation); group 1 biases and norms.
 
     With ``exclude_bias_and_norm`` group 1 gets no weight decay and no LARS adaptation. Learning
     rates and weight decay are written into the groups every iteration by the trainer.
     """
     weights, no_decay = split_decay_groups(model)
-    exclude = optim_cfg["exclude_bias_and_norm"]
+    exclude = optim.exclude_bias_and_norm
     groups = [
-        {"params": weights, "weight_decay": optim_cfg["weight_decay"], "lars_exclude": False},
-        {"params": no_decay, "weight_decay": 0.0 if exclude else optim_cfg["weight_decay"], "lars_exclude": exclude},
+        {"params": weights, "weight_decay": optim.weight_decay, "lars_exclude": False},
+        {"params": no_decay, "weight_decay": 0.0 if exclude else optim.weight_decay, "lars_exclude": exclude},
     ]
-    name = optim_cfg["name"]
-    if name == "lars":
-        rule = BarlowTwinsLARS if optim_cfg["lars_rule"] == "barlow_twins" else LARS
-        return rule(groups, momentum=optim_cfg["momentum"], eta=optim_cfg["lars_eta"])
+    if optim.name == "lars":
+        rule = BarlowTwinsLARS if optim.lars_rule == "barlow_twins" else LARS
+        return rule(groups, momentum=optim.momentum, eta=optim.lars_eta)
     for group in groups:
         del group["lars_exclude"]
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=0.0, momentum=optim_cfg["momentum"])
-    if name == "adam":  # weight decay added to the gradient (W-MSE's recipe)
+    if optim.name == "sgd":
+        return torch.optim.SGD(groups, lr=0.0, momentum=optim.momentum)
+    if optim.name == "adam":  # weight decay added to the gradient (W-MSE's recipe)
         return torch.optim.Adam(groups, lr=0.0)
-    if name == "adamw":
+    if optim.name == "adamw":
         return torch.optim.AdamW(groups, lr=0.0)
-    raise ValueError(f"optim.name must be lars, sgd, adam or adamw; got '{name}'")
+    raise ValueError(f"optim.name must be lars, sgd, adam or adamw; got '{optim.name}'")
 
 
 def cosine_schedule(start: float, end: float, total_steps: int, warmup_steps: int = 0,
@@ -193,7 +236,7 @@ def scaled_lr(base_lr: float, global_batch: int) -> float:
     return base_lr * global_batch / 256
 
 
-def build_schedules(cfg: dict[str, Any], steps_per_epoch: int, global_batch: int) -> dict[str, np.ndarray]:
+def build_schedules(section: ScheduleConfig, steps_per_epoch: int, global_batch: int) -> dict[str, np.ndarray]:
     """Every per-iteration value of the run, indexed by the global step.
 
     - ``lr``: warmup from 0 to the scaled peak, cosine to ``final_lr_ratio`` x peak. With
@@ -203,24 +246,24 @@ def build_schedules(cfg: dict[str, Any], steps_per_epoch: int, global_batch: int
     - ``quantile``: the self-labeling kept fraction, cosine over the stage (NaN before it).
     - ``momentum``: the EMA teacher's momentum, cosine over the whole run.
     """
-    optim, sl, teacher = cfg["optim"], cfg["self_label"], cfg["teacher"]
-    total = cfg["train"]["epochs"] * steps_per_epoch
-    ratio = optim["final_lr_ratio"]
-    twist_steps = sl["start_epoch"] * steps_per_epoch if sl["enabled"] else total
-    peak = scaled_lr(optim["lr"], global_batch)
-    lr = cosine_schedule(peak, peak * ratio, twist_steps, min(optim["warmup_epochs"] * steps_per_epoch, twist_steps))
+    optim, sl, teacher = section.optim, section.self_label, section.teacher
+    total = section.epochs * steps_per_epoch
+    ratio = optim.final_lr_ratio
+    twist_steps = sl.start_epoch * steps_per_epoch if sl.enabled else total
+    peak = scaled_lr(optim.lr, global_batch)
+    lr = cosine_schedule(peak, peak * ratio, twist_steps, min(optim.warmup_epochs * steps_per_epoch, twist_steps))
     quantile = np.full(total, np.nan)
-    if sl["enabled"]:
+    if sl.enabled:
         sl_steps = total - twist_steps
-        sl_peak = scaled_lr(sl["lr"], global_batch)
-        sl_warmup = min(sl["warmup_epochs"] * steps_per_epoch, sl_steps)
+        sl_peak = scaled_lr(sl.lr, global_batch)
+        sl_warmup = min(sl.warmup_epochs * steps_per_epoch, sl_steps)
         lr = np.concatenate([lr, cosine_schedule(sl_peak, sl_peak * ratio, sl_steps, sl_warmup)])
-        quantile[twist_steps:] = cosine_schedule(sl["quantile"], sl["quantile_end"], sl_steps)
+        quantile[twist_steps:] = cosine_schedule(sl.quantile, sl.quantile_end, sl_steps)
     return {
         "lr": lr,
-        "weight_decay": cosine_schedule(optim["weight_decay"], optim["weight_decay_end"], total),
+        "weight_decay": cosine_schedule(optim.weight_decay, optim.weight_decay_end, total),
         "quantile": quantile,
-        "momentum": momentum_schedule(teacher["momentum_start"], teacher["momentum_end"], total),
+        "momentum": momentum_schedule(teacher.momentum_start, teacher.momentum_end, total),
     }
 
 

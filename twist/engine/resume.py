@@ -65,7 +65,8 @@ def restore_run(path: str, cfg: dict[str, Any], model, teacher, optimizer, scale
     """Load the run at ``path`` into the training objects; return its step and the allowed config changes.
 
     Refused before anything is loaded: a config that differs from the stored one beyond ``RESUMABLE``
-    (naming every key with both values), and a checkpoint that holds NaN or inf.
+    (naming every key with both values), a checkpoint written by another number of ranks, and one
+    that holds NaN or inf.
     """
     state = load_weights_only(path)
     if not isinstance(state, Mapping) or Entry.STEP not in state:
@@ -79,6 +80,11 @@ def restore_run(path: str, cfg: dict[str, Any], model, teacher, optimizer, scale
             raise ConfigError(f"'{path}' was written under another config, which a resumed run may not change: "
                               f"{describe_changes(refused)}; resume with the stored values, or "
                               f"{_start_over_hint(path)}")
+    rng_states = state.get(Entry.RNG)
+    if not isinstance(rng_states, list) or len(rng_states) != world_size:
+        ranks = f"{len(rng_states)} ranks" if isinstance(rng_states, list) else "no RNG state"
+        raise CheckpointError(f"checkpoint '{path}' was written by {ranks}; resume it with the same number of "
+                              f"ranks ({world_size} now)")
     bad = nonfinite_tensors({key: state[key] for key in (Entry.MODEL, Entry.TEACHER, Entry.OPTIMIZER) if key in state})
     if bad:
         raise CheckpointError(f"checkpoint '{path}' holds NaN or inf in {describe_tensors(bad)}, so it cannot be "
@@ -92,10 +98,7 @@ def restore_run(path: str, cfg: dict[str, Any], model, teacher, optimizer, scale
     except (KeyError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint '{path}': its optimizer state does not fit this config ({err}): "
                               f"{_start_over_hint(path)}") from None
-    if len(state[Entry.RNG]) != world_size:
-        raise CheckpointError(f"checkpoint '{path}' was written by {len(state[Entry.RNG])} ranks; "
-                              f"resume it with the same number ({world_size} now)")
-    set_rng_state(state[Entry.RNG][rank])
+    set_rng_state(rng_states[rank])
     return state[Entry.STEP], changes
 
 

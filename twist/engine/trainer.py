@@ -22,10 +22,11 @@ from torch.utils.data import DataLoader
 
 from twist.atomic import atomic_write
 from twist.config import save_config
-from twist.data import DatasetError, EpochSampler, ViewsDataset, build_source, build_train_transform, collate_views
+from twist.data import DatasetError, EpochSampler
 from twist.data.datasets import SkippedImage
-from twist.data.device_augment import DeviceAugment, build_view_planner, collate_planned, view_sizes
-from twist.data.view_specs import view_stages
+from twist.data.device_augment import DeviceAugment
+from twist.data.loader import DataConfig, build_train_loader
+from twist.data.view_specs import AugmentConfig, view_stages
 from twist.distributed import (
     DistEnv,
     init_distributed,
@@ -42,15 +43,16 @@ from twist.engine.checkpoint import (
     training_checkpoint,
 )
 from twist.engine.logging import RunLog, WandbRun, plot_training_curves
-from twist.engine.monitors import RunMonitors
-from twist.engine.optim import apply_schedules, build_optimizer, build_schedules
+from twist.engine.monitors import MonitorConfig, RunMonitors
+from twist.engine.optim import OptimConfig, ScheduleConfig, apply_schedules, build_optimizer, build_schedules
 from twist.engine.resume import clear_stale_temporaries, describe_changes, move_run_aside, restore_run
 from twist.engine.run_lock import RunFolderLocked, RunLock
 from twist.engine.runtime import autocast_dtype, resolve_device, seed_everything
 from twist.eval.cluster import evaluate_clusters
 from twist.methods import Method, build_method
-from twist.models import TwinModel, build_model
-from twist.models.teacher import EMATeacher
+from twist.models import BackboneConfig, TwinModel, build_model
+from twist.models.teacher import EMATeacher, TeacherConfig
+from twist.sections import read_section
 
 CHECKPOINT = "checkpoint.pth"
 BACKBONE = "backbone.pth"
@@ -66,26 +68,51 @@ class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN or infinite; nothing non-finite was written."""
 
 
-def build_train_loader(cfg: dict[str, Any], device: torch.device,
-                       env: DistEnv = DistEnv()) -> tuple[DataLoader, EpochSampler]:
-    data = cfg["data"]
-    # With augment.on_device the workers return the decoded image and every view's drawn parameters.
-    build, collate = ((build_view_planner, collate_planned) if cfg["augment"]["on_device"]
-                      else (build_train_transform, collate_views))
-    stages = [(start_epoch, build(cfg, index)) for index, (start_epoch, _) in enumerate(view_stages(cfg))]
-    dataset = ViewsDataset(build_source(cfg, data["train_split"]), stages[0][1], cfg["seed"],
-                           skip_corrupt=data["skip_corrupt"], later_stages=stages[1:])
-    sampler = EpochSampler(len(dataset), cfg["train"]["batch_size"], seed=cfg["seed"], rank=env.rank,
-                           world_size=env.world_size)
-    workers = data["num_workers"]
-    loader = DataLoader(dataset, batch_size=cfg["train"]["batch_size"], sampler=sampler, num_workers=workers,
-                        collate_fn=collate, pin_memory=data["pin_memory"] and device.type == "cuda",
-                        persistent_workers=data["persistent_workers"] and workers > 0, drop_last=True,
-                        prefetch_factor=data["prefetch_factor"] if workers > 0 else None,
-                        # Its own generator: creating an iterator then draws no number from the global
-                        # stream, which the model's dropout uses and a resumed run restores.
-                        generator=torch.Generator().manual_seed(cfg["seed"]))
-    return loader, sampler
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train``: the run's length and batch, its precision, how often it logs and checkpoints, and the
+    speed options that leave the figures as they are."""
+
+    epochs: int
+    batch_size: int
+    precision: str
+    log_every: int
+    checkpoint_every: int
+    progress_bar: bool
+    channels_last: bool
+    compile: bool
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> TrainConfig:
+        return read_section(cls, cfg["train"])
+
+
+@dataclass(frozen=True)
+class RunSections:
+    """The typed sections of a checked config that the run's parts take, each built once; the plain dict
+    stays what is saved (``config.yaml``, the checkpoint) and compared on resume."""
+
+    seed: int
+    train: TrainConfig
+    data: DataConfig
+    augment: AugmentConfig
+    backbone: BackboneConfig
+    schedules: ScheduleConfig  # holds the optim and teacher sections
+    monitor: MonitorConfig
+
+    @property
+    def optim(self) -> OptimConfig:
+        return self.schedules.optim
+
+    @property
+    def teacher(self) -> TeacherConfig:
+        return self.schedules.teacher
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> RunSections:
+        return cls(cfg["seed"], TrainConfig.from_config(cfg), DataConfig.from_config(cfg),
+                   AugmentConfig.from_config(cfg), BackboneConfig.from_config(cfg), ScheduleConfig.from_config(cfg),
+                   MonitorConfig.from_config(cfg))
 
 
 def gathered_rng_states() -> list[dict[str, Any]]:
@@ -185,15 +212,16 @@ class SkippedImages:
                 self._logged.add(record["file"])
                 log.write(record)
 
-    def check(self, step: int, batch: list[SkippedImage], kept: bool) -> None:
-        """Stop past the limit, or when no image of the batch of ``step`` could be read."""
+    def check(self, step: int, skipped: list[SkippedImage], kept: bool) -> None:
+        """Stop past the limit, or when no image of the batch of ``step`` could be read (``kept`` false:
+        ``skipped`` is then the whole batch)."""
         if len(self.files) > self.max_fraction * self.dataset_size:
             raise DatasetError(f"{len(self.files)} of the {self.dataset_size} images are unreadable, more than "
                                f"data.max_skipped_fraction={self.max_fraction:g} allows (the first: "
                                f"{', '.join(list(self.files)[:3])}); fix or remove them, or raise the limit")
         if not kept:  # nothing to train on: the step would only advance the schedules
             raise DatasetError(f"every image of the batch of step {step} is unreadable (the first: "
-                               f"{', '.join(image.location for image in batch[:3])}); fix or remove those files")
+                               f"{', '.join(image.location for image in skipped[:3])}); fix or remove those files")
 
 
 def optimizer_step(loss: torch.Tensor, model, optimizer, scaler: torch.amp.GradScaler, clip_grad_norm: float) -> None:
@@ -213,18 +241,19 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, unit="step")
 
 
-def build_distributed_model(cfg: dict[str, Any], method: Method, device: torch.device, env: DistEnv):
+def build_distributed_model(backbone: BackboneConfig, method: Method, train: TrainConfig, device: torch.device,
+                            env: DistEnv):
     """The twin model on ``device``; across ranks, every batch norm synchronised (TWIST's NBS per bunch)."""
-    model = build_model(cfg).to(device)
+    model = build_model(backbone, method).to(device)
     if env.enabled:
         synchronise_batch_norms(model.backbone, env.world_size, device.type)
         synchronise_batch_norms(model.head.mlp, env.world_size, device.type)
-        head_ranks = method.head_norm_ranks(cfg["train"]["batch_size"], env.world_size)
+        head_ranks = method.head_norm_ranks(train.batch_size, env.world_size)
         if head_ranks is not None:
             synchronise_batch_norms(model.head, head_ranks, device.type)
-    if cfg["train"]["channels_last"]:
+    if train.channels_last:
         model.backbone.to(memory_format=torch.channels_last)
-    if cfg["train"]["compile"]:
+    if train.compile:
         model.backbone.compile()  # in place: the state-dict keys stay those of the plain module
     return model
 
@@ -273,7 +302,8 @@ def train(cfg: dict[str, Any], output_dir: str, max_steps: int | None = None, re
 class Run:
     """Everything one pretraining run holds while it trains; ``step`` counts optimiser steps in total."""
 
-    cfg: dict[str, Any]
+    cfg: dict[str, Any]  # as checked: what the run saves and a resume compares
+    sections: RunSections
     output_dir: str
     device: torch.device
     env: DistEnv
@@ -281,6 +311,7 @@ class Run:
     loader: DataLoader
     sampler: EpochSampler
     model: TwinModel  # the module itself; ``trained`` is what the step calls (DDP across ranks)
+    view_sizes: list[int]  # of every view of a batch, in order (the same in every stage)
     teacher: EMATeacher | None
     method: Method
     optimizer: torch.optim.Optimizer
@@ -305,30 +336,35 @@ class Run:
 
 def build_run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: DistEnv) -> Run:
     """Data, model (and teacher), objective, optimiser and every schedule of the run, precomputed."""
-    amp_dtype = autocast_dtype(cfg["train"]["precision"], device)
-    seed_everything(cfg["seed"])  # the same initial weights on every rank
+    sections = RunSections.from_config(cfg)
+    train = sections.train
+    amp_dtype = autocast_dtype(train.precision, device)
+    seed_everything(sections.seed)  # the same initial weights on every rank
     method = build_method(cfg)
-    method.check_batch(cfg["train"]["batch_size"], env.world_size)
-    loader, sampler = build_train_loader(cfg, device, env)
-    model = build_distributed_model(cfg, method, device, env)
-    teacher = (EMATeacher(build_distributed_model(cfg, method, device, env), model) if cfg["teacher"]["enabled"]
-               else None)
-    optimizer = build_optimizer(model, cfg["optim"])
+    method.check_batch(train.batch_size, env.world_size)
+    stages = view_stages(sections.augment, sections.data.source.image_size, method)
+    loader, sampler = build_train_loader(sections.data, sections.augment, stages, train.batch_size, sections.seed,
+                                         device, env)
+    model = build_distributed_model(sections.backbone, method, train, device, env)
+    teacher = (EMATeacher(build_distributed_model(sections.backbone, method, train, device, env), model)
+               if sections.teacher.enabled else None)
+    optimizer = build_optimizer(model, sections.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     steps_per_epoch = sampler.batches_per_epoch
-    total_steps = cfg["train"]["epochs"] * steps_per_epoch
-    schedules = build_schedules(cfg, steps_per_epoch, global_batch=cfg["train"]["batch_size"] * env.world_size)
+    total_steps = train.epochs * steps_per_epoch
+    schedules = build_schedules(sections.schedules, steps_per_epoch, global_batch=train.batch_size * env.world_size)
     method.prepare(steps_per_epoch, schedules)
     finite = FiniteCheckpoints(os.path.join(output_dir, CHECKPOINT), device, collective=env.enabled)
-    return Run(cfg, output_dir, device, env, amp_dtype, loader, sampler, model, teacher, method, optimizer, scaler,
-               schedules, steps_per_epoch, total_steps, finite)
+    view_sizes = [view.size for view in stages[0][1]]
+    return Run(cfg, sections, output_dir, device, env, amp_dtype, loader, sampler, model, view_sizes, teacher, method,
+               optimizer, scaler, schedules, steps_per_epoch, total_steps, finite)
 
 
 def resume(run: Run) -> dict[str, list] | None:
     """Continue from the run folder's checkpoint, if there is one; the changed config keys, if resumed."""
     path, env = run.checkpoint_path, run.env
     if not os.path.exists(path):
-        torch.manual_seed(run.cfg["seed"] + env.rank)  # each rank its own dropout stream
+        torch.manual_seed(run.sections.seed + env.rank)  # each rank its own dropout stream
         return None
     run.step, changes = restore_run(path, run.cfg, run.model, run.teacher, run.optimizer, run.scaler, env.rank,
                                     env.world_size)
@@ -342,7 +378,7 @@ def resume(run: Run) -> dict[str, list] | None:
 def start_reporting(run: Run, changes: dict[str, list] | None, max_steps: int | None,
                     cleanup: contextlib.ExitStack) -> None:
     """The saved config, the log (rank 0 only: the others keep no handle on the run folder), the
-    progress bar, the monitors, and the model wrapped for training across ranks."""
+    progress bar up to the step the run stops at, the monitors and the tally of unreadable images."""
     cfg, env = run.cfg, run.env
     if env.is_main:
         save_config(cfg, os.path.join(run.output_dir, CONFIG))
@@ -353,26 +389,33 @@ def start_reporting(run: Run, changes: dict[str, list] | None, max_steps: int | 
         if changes is not None:
             run.log.write({"kind": "resume", "step": run.step, "checkpoint": run.checkpoint_path, "changed": changes})
     run.stop_at = run.total_steps if max_steps is None else min(max_steps, run.total_steps)
-    run.bar = _progress(run.stop_at, run.step, cfg["train"]["progress_bar"] and env.is_main)
+    run.bar = _progress(run.stop_at, run.step, run.sections.train.progress_bar and env.is_main)
+    sections = run.sections
+    run.monitors = RunMonitors(sections.monitor, sections.data, sections.augment.pipeline, run.model,
+                               run.loader.dataset.source, run.device, env, run.amp_dtype)
+    cleanup.callback(run.monitors.close)
+    run.skips = SkippedImages(len(run.loader.dataset), sections.data.max_skipped_fraction)
+
+
+def prepare_training(run: Run) -> None:
+    """The model in train mode (wrapped in DDP across ranks) and, with augment.on_device, the views' maker."""
     run.trained = run.model
-    if env.enabled:
+    if run.env.enabled:
         device_ids = [run.device.index] if run.device.type == "cuda" else None
         run.trained = DistributedDataParallel(run.model, device_ids=device_ids)
     run.trained.train()
-    run.monitors = RunMonitors(cfg, run.model, run.loader.dataset.source, run.device, env, run.amp_dtype)
-    cleanup.callback(run.monitors.close)
-    run.skips = SkippedImages(len(run.loader.dataset), cfg["data"]["max_skipped_fraction"])
-    if cfg["augment"]["on_device"]:
-        run.device_augment = DeviceAugment(view_sizes(cfg)).to(run.device)
+    if run.sections.augment.on_device:
+        run.device_augment = DeviceAugment(run.view_sizes).to(run.device)
 
 
-def save_training_checkpoint(run: Run, epoch: int) -> None:
+def save_training_checkpoint(run: Run) -> None:
     """Checked for NaN and inf first; every rank takes part (the RNG states are gathered), rank 0 writes."""
     run.finite.require(training_state(run.model, run.teacher, run.optimizer), run.step, run.checkpoint_path)
     rng_states = gathered_rng_states()
     if run.env.is_main:
-        atomic_torch_save(training_checkpoint(run.model, run.teacher, run.optimizer, run.scaler, run.step, epoch,
-                                              run.cfg, rng_states), run.checkpoint_path)
+        epochs_done = run.step // run.steps_per_epoch
+        atomic_torch_save(training_checkpoint(run.model, run.teacher, run.optimizer, run.scaler, run.step,
+                                              epochs_done, run.cfg, rng_states), run.checkpoint_path)
     run.finite.step = run.step
 
 
@@ -387,20 +430,21 @@ def batch_views(run: Run, batch) -> tuple[list[torch.Tensor] | None, torch.Tenso
     if run.device_augment is not None:
         images, plans = views
         views = run.device_augment(images.to(run.device, non_blocking=True), plans)  # plans stay on the host
-    memory_format = torch.channels_last if run.cfg["train"]["channels_last"] else torch.contiguous_format
+    memory_format = torch.channels_last if run.sections.train.channels_last else torch.contiguous_format
     return [v.to(run.device, non_blocking=True, memory_format=memory_format) for v in views], labels, indices
 
 
 def train_step(run: Run, views: list[torch.Tensor], labels: torch.Tensor,
                indices: torch.Tensor) -> dict[str, torch.Tensor]:
     """Schedule → forward → loss → optimiser step → teacher: one step of the run."""
-    apply_schedules(run.optimizer, run.schedules, run.step, run.cfg["optim"]["bias_lr_ratio"])
+    optim = run.sections.optim
+    apply_schedules(run.optimizer, run.schedules, run.step, optim.bias_lr_ratio)
     run.monitors.expect_features(views[0].shape[0])
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
         outputs = run.trained(views)
         teacher_outputs = run.teacher(views[:2]) if run.teacher is not None else None  # globals only
     terms = run.method.loss(outputs, run.step, indices, teacher_outputs)
-    optimizer_step(terms["loss"], run.trained, run.optimizer, run.scaler, run.cfg["optim"]["clip_grad_norm"])
+    optimizer_step(terms["loss"], run.trained, run.optimizer, run.scaler, optim.clip_grad_norm)
     run.monitors.after_step(labels)
     if run.teacher is not None:
         run.teacher.update(run.model, float(run.schedules["momentum"][run.step]))
@@ -415,7 +459,7 @@ def log_step(run: Run, terms: dict[str, torch.Tensor], epoch: int, seconds: floa
     values = dict(zip(names, reduce_for_logging(torch.stack([terms[k].detach().float() for k in names])).tolist()))
     if not math.isfinite(values["loss"]):
         raise TrainingDiverged(f"loss is {values['loss']} at step {run.step}; {run.finite.last()}")
-    if run.cfg["data"]["skip_corrupt"] and run.env.enabled:  # rank 0 logs every rank's, at logging steps
+    if run.sections.data.skip_corrupt and run.env.enabled:  # rank 0 logs every rank's, at logging steps
         run.skips.publish(run.log, gather=True)
     group = run.optimizer.param_groups[0]
     record = {"kind": "train", "stage": run.method.stage(run.step), "step": run.step, "epoch": epoch, **values,
@@ -430,18 +474,18 @@ def log_step(run: Run, terms: dict[str, torch.Tensor], epoch: int, seconds: floa
 
 def train_one_epoch(run: Run, epoch: int) -> None:
     """The steps of ``epoch`` from where the run stands, to the epoch's end or the run's stop."""
-    cfg = run.cfg
+    train = run.sections.train
     run.sampler.set_epoch(epoch, run.step - epoch * run.steps_per_epoch)
     window_start, window_images = time.perf_counter(), 0
     for batch in run.loader:
         views, labels, indices = batch_views(run, batch)
         terms = train_step(run, views, labels, indices)
         window_images += views[0].shape[0]
-        if run.step % cfg["train"]["log_every"] == 0 or run.step == run.stop_at:
+        if run.step % train.log_every == 0 or run.step == run.stop_at:
             log_step(run, terms, epoch, time.perf_counter() - window_start, window_images)
             window_start, window_images = time.perf_counter(), 0
-        if cfg["train"]["checkpoint_every"] and run.step % cfg["train"]["checkpoint_every"] == 0:
-            save_training_checkpoint(run, epoch)
+        if train.checkpoint_every and run.step % train.checkpoint_every == 0:
+            save_training_checkpoint(run)
         if run.step >= run.stop_at:
             break
 
@@ -453,8 +497,8 @@ def end_epoch(run: Run, epoch: int) -> None:
     knn_record = run.monitors.at_epoch_end(run.step, run.step // run.steps_per_epoch) if finished_epoch else None
     if knn_record is not None and run.log is not None:
         run.log.write(knn_record)
-    save_training_checkpoint(run, run.step // run.steps_per_epoch)
-    if run.cfg["data"]["skip_corrupt"] and run.env.enabled:
+    save_training_checkpoint(run)
+    if run.sections.data.skip_corrupt and run.env.enabled:
         run.skips.publish(run.log, gather=True)
     if run.log is not None:
         run.log.write({"kind": "epoch", "step": run.step, "epoch": epoch, "skipped_images": run.skips.total})
@@ -483,9 +527,10 @@ def _run(cfg: dict[str, Any], output_dir: str, device: torch.device, env: DistEn
          cleanup: contextlib.ExitStack) -> dict[str, Any]:
     # ---- build: data, model, objective, optimiser, schedules ----
     run = build_run(cfg, output_dir, device, env)
-    # ---- resume, then the log, the monitors and the model wrapped for several ranks ----
+    # ---- resume, then the log and the monitors, then the model wrapped for several ranks ----
     changes = resume(run)
     start_reporting(run, changes, max_steps, cleanup)
+    prepare_training(run)
     # ---- train ----
     while run.step < run.stop_at:
         epoch = run.step // run.steps_per_epoch

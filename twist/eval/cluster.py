@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from twist.atomic import atomic_write
-from twist.data import EvalDataset, build_eval_transform, build_source
+from twist.data import EvalDataset, SourceConfig, build_source
+from twist.data.transforms import eval_transform
 from twist.distributed import DistEnv
 from twist.eval.features import extract_features
 from twist.eval.metrics import (
@@ -84,7 +85,8 @@ def evaluate_clusters(model: nn.Module, cfg: dict[str, Any], device: torch.devic
                       autocast_dtype: torch.dtype | None = None, kmeans: bool = False) -> dict[str, Any]:
     """The cluster metrics of a pretraining run's model on its ``eval.split`` (the end-of-run evaluation;
     ``twist-eval cluster`` computes the same figures)."""
-    dataset = EvalDataset(build_source(cfg, cfg["eval"]["split"]), build_eval_transform(cfg))
+    dataset = EvalDataset(build_source(SourceConfig.from_config(cfg), cfg["eval"]["split"]),
+                          eval_transform(cfg["augment"]["pipeline"], cfg["data"]["image_size"]))
     top_ids, _, labels = predict_clusters(model, dataset, cfg["eval"]["batch_size"], cfg["data"]["num_workers"],
                                           device, autocast_dtype=autocast_dtype)
     result = cluster_report(labels, top_ids, cfg["model"]["head"]["num_classes"])
@@ -169,12 +171,13 @@ def _save_figure(fig, path: str) -> None:
 def run_cluster(session) -> dict[str, Any]:
     """``twist-eval cluster``: the head's argmax as a classifier of the val split, with figures."""
     from twist.eval.session import require_full_checkpoint
-    from twist.models import build_model
+    from twist.methods import build_method
+    from twist.models import BackboneConfig, build_model
     from twist.models.pretrained import load_into
 
     cfg, env, device = session.cfg, session.env, session.device
     state, pretrain_cfg = require_full_checkpoint(session)
-    model = build_model(pretrain_cfg)
+    model = build_model(BackboneConfig.from_config(pretrain_cfg), build_method(pretrain_cfg))
     load_into(model, state, session.weights.path)
     model.to(device)
     source = session.source(cfg["cluster"]["split"])

@@ -11,7 +11,7 @@ import torch
 
 from twist.atomic import atomic_write, writing
 from twist.config import ConfigError, save_config
-from twist.data import DatasetError, EvalDataset, build_source
+from twist.data import DatasetError, EvalDataset, SourceConfig, build_source
 from twist.data.transforms import build_classification_transforms
 from twist.distributed import DistEnv, init_distributed
 from twist.engine.checkpoint import CheckpointError, Entry, stored_config
@@ -43,7 +43,7 @@ class EvalSession:
 
     def source(self, split: str, needs_labels: bool = True):
         try:
-            src = build_source(self.cfg, split)
+            src = build_source(SourceConfig.from_config(self.cfg), split)
         except DatasetError as err:
             raise DatasetError(f"{self.protocol}: {err}") from None
         if needs_labels and not getattr(src, "labelled", True):

@@ -9,8 +9,9 @@ from torch import nn
 
 from twist.distributed import all_gather_cat, all_reduce_mean
 from twist.losses import BarlowTwinsLoss
-from twist.methods.base import Method, read_section
+from twist.methods.base import Method
 from twist.models.heads import BarlowTwinsProjector
+from twist.sections import read_section
 
 
 @dataclass(frozen=True)

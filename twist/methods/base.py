@@ -6,7 +6,6 @@ only it knows. ``twist.methods`` registers the methods by name.
 """
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -26,17 +25,6 @@ class ViewStage:
     start_epoch: int
     global_scale: tuple[float, float]
     local_scale: tuple[float, float]
-
-
-def section_defaults(section: type) -> dict[str, Any]:
-    """A config section's keys and defaults, in declaration order, as the YAML schema holds them."""
-    return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
-            for f in dataclasses.fields(section)}
-
-
-def read_section(section: type, values: dict[str, Any]):
-    """The typed section from a checked config's dict (lists become the tuples the dataclass holds)."""
-    return section(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 class Method(ABC):

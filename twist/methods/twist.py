@@ -16,8 +16,9 @@ from torch import nn
 from twist.config_error import ConfigError
 from twist.distributed import all_reduce_mean
 from twist.losses import SelfLabelLoss, TwistLoss
-from twist.methods.base import Method, ViewStage, read_section
+from twist.methods.base import Method, ViewStage
 from twist.models.heads import TwistHead
+from twist.sections import read_section
 
 
 @dataclass(frozen=True)

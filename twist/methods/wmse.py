@@ -10,8 +10,9 @@ from torch import nn
 from twist.config_error import ConfigError
 from twist.distributed import all_gather_cat
 from twist.losses import WMSELoss
-from twist.methods.base import Method, read_section
+from twist.methods.base import Method
 from twist.models.heads import WMSEHead
+from twist.sections import read_section
 
 
 @dataclass(frozen=True)

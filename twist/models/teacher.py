@@ -7,8 +7,26 @@ stochastic depth (DINO's choice): its targets should not be randomly thinned.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
+
+from twist.sections import read_section
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """``teacher``: whether an EMA teacher gives the targets, and its momentum from the first step to the last."""
+
+    enabled: bool
+    momentum_start: float
+    momentum_end: float
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> TeacherConfig:
+        return read_section(cls, cfg["teacher"])
 
 
 def disable_stochastic_depth(model: nn.Module) -> None:

@@ -1,12 +1,34 @@
 """Backbone + head applied to every augmented view of a batch."""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from twist.models.backbones import Backbone, build_backbone
+
+if TYPE_CHECKING:
+    from twist.methods import Method
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """``model`` of a pretraining config but its head (the method's section), and ``data.image_size``,
+    which a ViT's position embeddings are made for."""
+
+    backbone: str
+    small_input: bool
+    drop_path_rate: float
+    zero_init_residual: bool
+    image_size: int
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> BackboneConfig:
+        model = cfg["model"]
+        return cls(model["backbone"], model["small_input"], model["drop_path_rate"], model["zero_init_residual"],
+                   cfg["data"]["image_size"])
 
 
 class TwinModel(nn.Module):
@@ -42,13 +64,8 @@ class TwinModel(nn.Module):
         return list(logits.chunk(len(views)))
 
 
-def build_model(cfg: dict[str, Any]) -> TwinModel:
-    """The backbone of ``cfg['model']`` and the head of the config's method (``twist.methods``)."""
-    # Imported here: the methods build their heads from twist.models.heads, inside this package.
-    from twist.methods import build_method
-
-    model_cfg = cfg["model"]
-    backbone = build_backbone(model_cfg["backbone"], model_cfg["small_input"], model_cfg["drop_path_rate"],
-                              cfg["data"]["image_size"], model_cfg["zero_init_residual"])
-    method = build_method(cfg)
-    return TwinModel(backbone, method.build_head(backbone.feature_dim, backbone.family), per_view=method.views_apart)
+def build_model(backbone: BackboneConfig, method: Method) -> TwinModel:
+    """The backbone of ``backbone`` and the head of ``method``."""
+    built = build_backbone(backbone.backbone, backbone.small_input, backbone.drop_path_rate, backbone.image_size,
+                           backbone.zero_init_residual)
+    return TwinModel(built, method.build_head(built.feature_dim, built.family), per_view=method.views_apart)

@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
 
 demo: $(STAMP)
 	$(PY) -m twist.cli.train --config configs/demo/digits.yaml --output-dir $(DEMO_DIR)
+	$(PY) -m twist_tools.machine_speed
 
 # The demo for seeds 0-4 at 1 and 2 threads, one run at a time (about 10 demo runs); writes docs/demo_seeds.md.
 demo-seeds: $(STAMP)

@@ -8,8 +8,8 @@ Each run is `twist-train --config configs/demo/digits.yaml seed=S` with S and th
 --work-dir; a finished run (its metrics.json is there) is reused and one stopped part-way resumes
 from its checkpoint, so an interrupted grid continues where it stopped.
 The doc holds every run's clustering figures and wall time, their mean and minimum, the goal each
-run is held to, and the machine's speed: the bare ResNet-18 step of bench/step_overhead.py's demo
-setting, measured once before the runs.
+run is held to, and the machine's speed: a bare ResNet-18's training rate in the demo's step
+(twist.engine.machine_speed), measured once before the runs.
 """
 from __future__ import annotations
 
@@ -24,12 +24,13 @@ from dataclasses import dataclass
 
 from twist.atomic import atomic_write
 from twist.engine.runtime import describe_hardware
-from twist.transfer.benchmark import backbone_rate
+from twist.engine.machine_speed import DEMO_SETTING, bare_resnet18_rate
 
 DEMO_CONFIG = "configs/demo/digits.yaml"
 # The goal of a demo run: the unsupervised ACC of every run and of their mean, the NMI of every run,
 # and every digit given a cluster of its own.
 GOAL = {"acc_min": 0.93, "acc_mean": 0.95, "nmi_min": 0.90}
+MACHINE_SETTING = f"{DEMO_SETTING['size']} px, batch {DEMO_SETTING['batch']}: the demo's step"
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def report(results: dict[Run, dict], command: str, machine: str, rate: float, ov
     lines = ["# The demo over seeds and threads", "",
              f"`make demo`'s run (`{DEMO_CONFIG}`{', ' + ' '.join(overrides) if overrides else ''}) for each seed and "
              "thread count, one run at a time. Written by", "", f"    {command}", "",
-             f"on {machine}; bare ResNet-18 training step (64 px, batch 128) at {rate:.0f} images/s.", "",
+             f"on {machine}; bare ResNet-18 training at {rate:.0f} images/s ({MACHINE_SETTING}).", "",
              "| seed | threads | ACC | NMI | AMI | ARI | clusters used | wall time |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for run, m in results.items():
@@ -115,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides for every run (for tests and trials)")
     args = parser.parse_args(argv)
     command = " ".join(["python -m twist_tools.demo_seeds", *(argv if argv is not None else sys.argv[1:])])
-    rate = backbone_rate(steps=3, batch=128, size=64)  # bench/step_overhead.py's default setting
-    print(f"machine: bare ResNet-18 training at {rate:.0f} images/s (64 px, batch 128)", flush=True)
+    rate = bare_resnet18_rate(steps=3, **DEMO_SETTING)
+    print(f"machine: bare ResNet-18 training at {rate:.0f} images/s ({MACHINE_SETTING})", flush=True)
     results = {}
     for threads in args.threads:
         for seed in args.seeds:

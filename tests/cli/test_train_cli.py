@@ -18,6 +18,8 @@ def test_end_to_end_run_writes_every_output(tmp_path):
                            *TINY], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "kmeans on raw pixels" in proc.stdout and "TWIST (head argmax)" in proc.stdout
+    last = proc.stdout.strip().splitlines()[-1]  # its own time, for the reader to set beside the machine's speed
+    assert last.startswith("twist-train: at step 8 after ") and " s (this invocation: " in last
 
     files = set(os.listdir(out))
     assert {"checkpoint.pth", "backbone.pth", "config.yaml", "log.jsonl", "metrics.json",

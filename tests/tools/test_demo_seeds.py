@@ -30,7 +30,8 @@ def test_the_grid_runs_the_demo_writes_the_table_and_reuses_finished_runs(tmp_pa
     for seed in (0, 1):
         metrics = json.loads((work / f"seed{seed}_threads1" / "metrics.json").read_text())
         assert f"| {seed} | 1 | {metrics['acc']:.3f} | {metrics['nmi']:.3f} |" in text
-    assert "bare ResNet-18 training step (64 px, batch 128) at" in text and "Goal (" in text and "not met" in text
+    assert "bare ResNet-18 training at" in text and "(24 px, batch 512: the demo's step)" in text
+    assert "Goal (" in text and "not met" in text
     timing = (work / "seed0_threads1" / "wall_time.json").read_text()
     assert main(args) == 3 and (work / "seed0_threads1" / "wall_time.json").read_text() == timing
     assert doc.read_text().split("\n", 8)[8] == text.split("\n", 8)[8]  # the same table, the rate aside

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
 import torch
 
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    start = time.perf_counter()
     try:
         cfg = load_config(args.config, args.overrides)
         result = train(cfg, args.output_dir, max_steps=args.max_steps, restart=args.restart)
@@ -59,7 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     metrics = result.get("metrics")
     if metrics:
         print(format_metrics(metrics))
+    if os.environ.get("RANK", "0") == "0":  # the process group is gone by now; torchrun names the rank
+        print(f"twist-train: at step {result['step']} after {format_duration(time.perf_counter() - start)} "
+              f"(this invocation: set-up, training{', evaluation' if metrics else ''})")
     return 0
+
+
+def format_duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
 def format_metrics(metrics: dict) -> str:

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import yaml
 
 from twist.atomic import atomic_write
+from twist.engine.machine_speed import bare_resnet18_rate
 
 SCENES_DONE = "scenes.json"
 TIMINGS = "timings.json"
@@ -279,27 +280,6 @@ def machine_description() -> str:
             f"Python {platform.python_version()}")
 
 
-def backbone_rate(steps: int = 5, batch: int = 8, size: int = 64) -> float:
-    """Training images per second of a bare torchvision ResNet-18 at the scenes' size: this machine's speed."""
-    import torch
-    import torchvision
-
-    net = torchvision.models.resnet18(num_classes=11)
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
-    images, labels = torch.randn(batch, 3, size, size), torch.randint(0, 11, (batch,))
-
-    def step():
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(net(images), labels).backward()
-        optimizer.step()
-
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch / (time.perf_counter() - start)
-
-
 def bar_chart(rows: list[tuple[str, dict[str, Any]]], metric: str, title: str, path: str) -> None:
     import matplotlib
 
@@ -367,7 +347,7 @@ def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Ca
     bench = load_benchmark(config)
     os.makedirs(output_dir, exist_ok=True)
     runner = Runner(output_dir, echo)
-    rate = backbone_rate()
+    rate = bare_resnet18_rate(steps=5, batch=8, size=64)
     echo(f"machine: bare ResNet-18 training at 64 px runs at {rate:.0f} images/s here")
     scenes = make_scenes(bench, os.path.join(output_dir, "data"), echo)
     protocols = [p for p in PROTOCOLS if p.engine != "detectron2" or detectron2_available()]

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 
 from twist.atomic import atomic_write
-from twist.engine.runtime import describe_hardware
 from twist.engine.machine_speed import DEMO_SETTING, bare_resnet18_rate
+from twist.engine.runtime import describe_hardware
 
 DEMO_CONFIG = "configs/demo/digits.yaml"
 # The goal of a demo run: the unsupervised ACC of every run and of their mean, the NMI of every run,

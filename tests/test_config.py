@@ -118,6 +118,7 @@ def test_value_outside_choices_names_allowed_values(override, key, allowed):
     ("train.batch_size=1", "train.batch_size", r"\[2, inf\]"),
     ("data.image_size=4", "data.image_size", r"\[8, inf\]"),
     ("augment.rotation=181", "augment.rotation", r"\[0.0, 180.0\]"),
+    ("augment.translate=0.6", "augment.translate", r"\[0.0, 0.5\]"),
     ("model.head.num_classes=1", "model.head.num_classes", r"\[2, inf\]"),
 ])
 def test_out_of_range_names_key_and_bounds(override, key, bounds):
@@ -281,3 +282,9 @@ def test_text_keys_take_the_override_verbatim():
     assert cfg["data"]["path"] == "2024"
     cfg = load_config(None, ["data.dataset=folder", "data.path=/data/x: y"])
     assert cfg["data"]["path"] == "/data/x: y"
+
+
+def test_the_affine_map_belongs_to_the_small_gray_pipeline():
+    with pytest.raises(ConfigError, match=r"'augment.shear' belongs to the 'small_gray' pipeline's affine map; "
+                                          r"augment.pipeline is 'barlow'"):
+        load_config(None, OK + ["augment.pipeline=barlow", "augment.shear=5"])

@@ -82,6 +82,10 @@ DEFAULTS: dict[str, Any] = {
         "blur": [1.0, 0.1],
         "solarize": [0.0, 0.2],
         "rotation": 0.0,
+        # small_gray: with either above 0, the rotation is one random affine map that also shifts the view by
+        # up to this fraction of its side and shears it by up to this many degrees.
+        "translate": 0.0,
+        "shear": 0.0,
         # small_gray: the probability that a view's strokes are painted in a random colour over a random
         # smooth background (twist.data.backdrop), so that the views share only the digit's shape.
         "backdrop": 0.0,
@@ -190,6 +194,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "augment.color_jitter": (0.0, 1.0),
     "augment.grayscale": (0.0, 1.0),
     "augment.rotation": (0.0, 180.0),
+    "augment.translate": (0.0, 0.5),
+    "augment.shear": (0.0, 45.0),
     "optim.lr": (0.0, None),
     "optim.bias_lr_ratio": (0.0, None),
     "optim.warmup_epochs": (0, None),
@@ -456,6 +462,10 @@ def _check_consistency(cfg: dict[str, Any], source: str) -> None:
     if cfg["augment"]["backdrop"] > 0 and cfg["augment"]["pipeline"] != "small_gray":
         raise ConfigError(f"{source}: 'augment.backdrop' paints grayscale strokes (the 'small_gray' pipeline); "
                           f"augment.pipeline is '{cfg['augment']['pipeline']}'")
+    for key in ("translate", "shear"):
+        if cfg["augment"][key] > 0 and cfg["augment"]["pipeline"] != "small_gray":
+            raise ConfigError(f"{source}: 'augment.{key}' belongs to the 'small_gray' pipeline's affine map; "
+                              f"augment.pipeline is '{cfg['augment']['pipeline']}'")
     if cfg["augment"]["on_device"] and cfg["augment"]["pipeline"] != "barlow":
         raise ConfigError(f"{source}: 'augment.on_device' implements the 'barlow' pipeline; augment.pipeline is "
                           f"'{cfg['augment']['pipeline']}'")

@@ -301,6 +301,27 @@ def test_small_gray_two_views_on_digits(digits):
         assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
 
 
+def test_small_gray_translate_shifts_the_views_by_up_to_its_fraction():
+    # One bright pixel in the middle of a 16 px image; crops of the whole image, no other randomness.
+    image = Image.fromarray(np.pad(np.full((2, 2), 255, np.uint8), 7), mode="L")
+    quiet = ["augment.crop_scale=[1.0,1.0]", "augment.color_jitter=0", "augment.blur=[0,0]", "augment.rotation=0"]
+
+    def centres(extra):
+        cfg = load_config(None, DIGITS + quiet + extra)
+        transform = train_transform(cfg)
+        torch.manual_seed(0)
+        found = []
+        for _ in range(40):
+            raw = transform(image)[0][0]
+            ys, xs = torch.nonzero(raw > raw.min() + 0.5 * (raw.max() - raw.min()), as_tuple=True)
+            found.append((xs.float().mean().item() - 7.5, ys.float().mean().item() - 7.5))
+        return np.array(found)
+
+    still, shifted = centres([]), centres(["augment.translate=0.25"])
+    assert np.abs(still).max() < 0.6  # the crop and rotation alone leave the dot in place
+    assert np.abs(shifted).max() > 1.5 and np.abs(shifted).max() <= 0.25 * 16 + 1
+
+
 @pytest.mark.parametrize("overrides, mode, raw_size", [(SYNTH, "RGB", 20), (DIGITS, "L", 8)])
 def test_eval_transform_shape_and_determinism(overrides, mode, raw_size):
     cfg = load_config(None, overrides)

@@ -75,13 +75,20 @@ def _barlow_view(size: int, scale: tuple[float, float], aug: AugmentConfig, blur
     ])
 
 
+def _small_gray_geometry(aug: AugmentConfig):
+    if aug.translate == 0 and aug.shear == 0:  # the rotation alone, drawn as the shipped recipes were measured
+        return T.RandomRotation(aug.rotation, interpolation=T.InterpolationMode.BILINEAR)
+    return T.RandomAffine(aug.rotation, translate=(aug.translate, aug.translate), shear=aug.shear,
+                          interpolation=T.InterpolationMode.BILINEAR)
+
+
 def _small_gray_view(size: int, scale: tuple[float, float], aug: AugmentConfig, blur: float,
                      solarize: float) -> T.Compose:
     # Digits-like data: no hue or saturation to jitter, and small blur radii (the images are tiny).
     return T.Compose([
         T.RandomResizedCrop(size, scale=scale, ratio=(0.8, 1.25), interpolation=T.InterpolationMode.BILINEAR),
         T.RandomHorizontalFlip(aug.hflip),
-        T.RandomRotation(aug.rotation, interpolation=T.InterpolationMode.BILINEAR),
+        _small_gray_geometry(aug),
         *([RandomBackdrop(aug.backdrop)] if aug.backdrop > 0 else []),
         T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4)], p=aug.color_jitter),
         RandomGaussianBlur(blur, sigma_min=0.1, sigma_max=0.1 + size / 32),

@@ -29,6 +29,8 @@ class AugmentConfig:
     blur: tuple[float, float]
     solarize: tuple[float, float]
     rotation: float
+    translate: float
+    shear: float
     backdrop: float
     local_crops: int
     local_size: int

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides for every run (for tests and trials)")
     args = parser.parse_args(argv)
     command = " ".join(["python -m twist_tools.demo_seeds", *(argv if argv is not None else sys.argv[1:])])
-    rate = bare_resnet18_rate(steps=3, **DEMO_SETTING)
+    rate = bare_resnet18_rate(steps=5, **DEMO_SETTING)
     print(f"machine: bare ResNet-18 training at {rate:.0f} images/s ({MACHINE_SETTING})", flush=True)
     results = {}
     for threads in args.threads:

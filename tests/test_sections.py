@@ -71,3 +71,14 @@ def test_the_run_builds_every_section_once_from_one_config(cfg):
     assert sections.optim is sections.schedules.optim and sections.teacher.enabled
     assert sections.augment.crop_scale == (0.3, 0.9) and sections.monitor.probe
     assert sections.backbone.drop_path_rate == 0.1
+
+
+def test_the_end_of_run_evaluation_reads_eval_and_what_it_needs_of_the_rest():
+    from twist.eval.cluster import EndOfRunEval
+
+    cfg = load_config(None, [*CHANGED, "eval.split=train", "eval.batch_size=32", "eval.kmeans_baseline=true",
+                             "model.head.num_classes=12", "augment.pipeline=small_gray", "data.num_workers=1"])
+    section = EndOfRunEval.from_config(cfg)
+    assert (section.split, section.batch_size, section.kmeans_baseline) == ("train", 32, True)
+    assert (section.num_clusters, section.pipeline, section.num_workers, section.seed) == (12, "small_gray", 1, 7)
+    assert section.source == SourceConfig.from_config(cfg) and section.image_size == cfg["data"]["image_size"]

@@ -48,7 +48,7 @@ from twist.engine.optim import OptimConfig, ScheduleConfig, apply_schedules, bui
 from twist.engine.resume import clear_stale_temporaries, describe_changes, move_run_aside, restore_run
 from twist.engine.run_lock import RunFolderLocked, RunLock
 from twist.engine.runtime import autocast_dtype, resolve_device, seed_everything
-from twist.eval.cluster import evaluate_clusters
+from twist.eval.cluster import EndOfRunEval, evaluate_clusters
 from twist.methods import Method, build_method
 from twist.models import BackboneConfig, TwinModel, build_model
 from twist.models.teacher import EMATeacher, TeacherConfig
@@ -512,7 +512,7 @@ def finish(run: Run) -> dict[str, Any]:
     export_backbones(run.output_dir, run.model, run.teacher, run.finite, run.step)
     cfg = run.cfg
     if result["finished"] and cfg["eval"]["enabled"]:
-        metrics = evaluate_clusters(run.model, cfg, run.device, run.amp_dtype, kmeans=cfg["eval"]["kmeans_baseline"])
+        metrics = evaluate_clusters(run.model, EndOfRunEval.from_config(cfg), run.device, run.amp_dtype)
         atomic_write(os.path.join(run.output_dir, METRICS), lambda f: json.dump(metrics, f, indent=2),
                      binary=False)
         run.log.write({"kind": "eval", "step": run.step, **{k: v for k, v in metrics.items() if k != "baseline"}})

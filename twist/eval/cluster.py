@@ -16,6 +16,7 @@ match, and for clusters it leaves unmatched, their majority class (marked with `
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -81,17 +82,40 @@ def kmeans_baseline(dataset, labels: np.ndarray, seed: int) -> dict[str, Any]:
     return {"method": "kmeans on raw pixels", **cluster_metrics(labels, preds)}
 
 
-def evaluate_clusters(model: nn.Module, cfg: dict[str, Any], device: torch.device,
-                      autocast_dtype: torch.dtype | None = None, kmeans: bool = False) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EndOfRunEval:
+    """``eval``, with what the end-of-run evaluation reads from the rest of a pretraining config: the
+    data source, the evaluation view's pipeline and size, the loader's workers, the head's C, the seed."""
+
+    split: str
+    batch_size: int
+    kmeans_baseline: bool
+    source: SourceConfig
+    pipeline: str
+    image_size: int
+    num_workers: int
+    num_clusters: int
+    seed: int
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> EndOfRunEval:
+        e = cfg["eval"]
+        return cls(e["split"], e["batch_size"], e["kmeans_baseline"], SourceConfig.from_config(cfg),
+                   cfg["augment"]["pipeline"], cfg["data"]["image_size"], cfg["data"]["num_workers"],
+                   cfg["model"]["head"]["num_classes"], cfg["seed"])
+
+
+def evaluate_clusters(model: nn.Module, section: EndOfRunEval, device: torch.device,
+                      autocast_dtype: torch.dtype | None = None) -> dict[str, Any]:
     """The cluster metrics of a pretraining run's model on its ``eval.split`` (the end-of-run evaluation;
     ``twist-eval cluster`` computes the same figures)."""
-    dataset = EvalDataset(build_source(SourceConfig.from_config(cfg), cfg["eval"]["split"]),
-                          eval_transform(cfg["augment"]["pipeline"], cfg["data"]["image_size"]))
-    top_ids, _, labels = predict_clusters(model, dataset, cfg["eval"]["batch_size"], cfg["data"]["num_workers"],
-                                          device, autocast_dtype=autocast_dtype)
-    result = cluster_report(labels, top_ids, cfg["model"]["head"]["num_classes"])
-    if kmeans:
-        result["baseline"] = kmeans_baseline(dataset, labels, cfg["seed"])
+    dataset = EvalDataset(build_source(section.source, section.split),
+                          eval_transform(section.pipeline, section.image_size))
+    top_ids, _, labels = predict_clusters(model, dataset, section.batch_size, section.num_workers, device,
+                                          autocast_dtype=autocast_dtype)
+    result = cluster_report(labels, top_ids, section.num_clusters)
+    if section.kmeans_baseline:
+        result["baseline"] = kmeans_baseline(dataset, labels, section.seed)
     return result
 
 

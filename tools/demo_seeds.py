@@ -23,14 +23,13 @@ import time
 from dataclasses import dataclass
 
 from twist.atomic import atomic_write
-from twist.engine.machine_speed import DEMO_SETTING, bare_resnet18_rate
+from twist.engine.machine_speed import DEMO_SETTING, DEMO_SETTING_TEXT, bare_resnet18_rate
 from twist.engine.runtime import describe_hardware
 
 DEMO_CONFIG = "configs/demo/digits.yaml"
 # The goal of a demo run: the unsupervised ACC of every run and of their mean, the NMI of every run,
 # and every digit given a cluster of its own.
 GOAL = {"acc_min": 0.93, "acc_mean": 0.95, "nmi_min": 0.90}
-MACHINE_SETTING = f"{DEMO_SETTING['size']} px, batch {DEMO_SETTING['batch']}: the demo's step"
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ def report(results: dict[Run, dict], command: str, machine: str, rate: float, ov
     lines = ["# The demo over seeds and threads", "",
              f"`make demo`'s run (`{DEMO_CONFIG}`{', ' + ' '.join(overrides) if overrides else ''}) for each seed and "
              "thread count, one run at a time. Written by", "", f"    {command}", "",
-             f"on {machine}; bare ResNet-18 training at {rate:.0f} images/s ({MACHINE_SETTING}).", "",
+             f"on {machine}; bare ResNet-18 training at {rate:.0f} images/s ({DEMO_SETTING_TEXT}).", "",
              "| seed | threads | ACC | NMI | AMI | ARI | clusters used | wall time |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for run, m in results.items():
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = " ".join(["python -m twist_tools.demo_seeds", *(argv if argv is not None else sys.argv[1:])])
     rate = bare_resnet18_rate(steps=5, **DEMO_SETTING)
-    print(f"machine: bare ResNet-18 training at {rate:.0f} images/s ({MACHINE_SETTING})", flush=True)
+    print(f"machine: bare ResNet-18 training at {rate:.0f} images/s ({DEMO_SETTING_TEXT})", flush=True)
     results = {}
     for threads in args.threads:
         for seed in args.seeds:

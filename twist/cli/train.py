@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = result.get("metrics")
     if metrics:
         print(format_metrics(metrics))
-    if os.environ.get("RANK", "0") == "0":  # the process group is gone by now; torchrun names the rank
+    if result["main"]:
         print(f"twist-train: at step {result['step']} after {format_duration(time.perf_counter() - start)} "
               f"(this invocation: set-up, training{', evaluation' if metrics else ''})")
     return 0

@@ -7,6 +7,7 @@ import time
 
 # The digits demo's step: two 24 px views of a batch of 256 through one backbone call.
 DEMO_SETTING = {"batch": 512, "size": 24}
+DEMO_SETTING_TEXT = f"{DEMO_SETTING['size']} px, batch {DEMO_SETTING['batch']}: the demo's step"
 
 
 def bare_resnet18_rate(steps: int, batch: int, size: int) -> float:

@@ -506,7 +506,7 @@ def end_epoch(run: Run, epoch: int) -> None:
 
 def finish(run: Run) -> dict[str, Any]:
     """The backbones exported and, once the run is complete, evaluated and plotted (rank 0 only)."""
-    result: dict[str, Any] = {"step": run.step, "finished": run.step >= run.total_steps}
+    result: dict[str, Any] = {"step": run.step, "finished": run.step >= run.total_steps, "main": run.env.is_main}
     if not run.env.is_main:
         return result
     export_backbones(run.output_dir, run.model, run.teacher, run.finite, run.step)

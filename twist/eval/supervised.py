@@ -46,7 +46,9 @@ def classification_step(model: nn.Module, optimizer: torch.optim.Optimizer, inpu
                         scaler: torch.amp.GradScaler) -> torch.Tensor:
     """One SGD step on the cross-entropy; under DDP the gradient is that of the global batch's mean."""
     with torch.autocast(inputs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        loss = F.cross_entropy(model(inputs).float(), labels)
+        logits = model(inputs)
+        # Autocast's half-precision logits are raised to float32 for the softmax; float64 ones stay float64.
+        loss = F.cross_entropy(logits.float() if logits.element_size() < 4 else logits, labels)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -92,7 +94,7 @@ def fit(session: EvalSession, trained: nn.Module, optimizer: torch.optim.Optimiz
     for epoch in range(start, epochs):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(group["base_lr"], epoch, epochs)
-        loss = float(reduce_for_logging(train_epoch(epoch).float().reshape(1))[0])
+        loss = float(reduce_for_logging(train_epoch(epoch).double().reshape(1))[0])
         record = {"kind": "epoch", "epoch": epoch + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"]}
         if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
             record["top1"], record["top5"] = evaluate()

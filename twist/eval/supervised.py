@@ -19,6 +19,7 @@ from twist.distributed import reduce_for_logging
 from twist.engine.checkpoint import atomic_torch_save, load_weights_only
 from twist.engine.logging import RunLog
 from twist.eval.session import EvalSession
+from twist.losses.twist import at_least_float32
 
 CHECKPOINT = "checkpoint.pth"
 
@@ -46,9 +47,7 @@ def classification_step(model: nn.Module, optimizer: torch.optim.Optimizer, inpu
                         scaler: torch.amp.GradScaler) -> torch.Tensor:
     """One SGD step on the cross-entropy; under DDP the gradient is that of the global batch's mean."""
     with torch.autocast(inputs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        logits = model(inputs)
-        # Autocast's half-precision logits are raised to float32 for the softmax; float64 ones stay float64.
-        loss = F.cross_entropy(logits.float() if logits.element_size() < 4 else logits, labels)
+        loss = F.cross_entropy(at_least_float32(model(inputs)), labels)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)

@@ -119,6 +119,7 @@ def test_value_outside_choices_names_allowed_values(override, key, allowed):
     ("data.image_size=4", "data.image_size", r"\[8, inf\]"),
     ("augment.rotation=181", "augment.rotation", r"\[0.0, 180.0\]"),
     ("augment.translate=0.6", "augment.translate", r"\[0.0, 0.5\]"),
+    ("augment.stroke_width=1.5", "augment.stroke_width", r"\[0.0, 1.0\]"),
     ("model.head.num_classes=1", "model.head.num_classes", r"\[2, inf\]"),
 ])
 def test_out_of_range_names_key_and_bounds(override, key, bounds):
@@ -288,3 +289,9 @@ def test_the_affine_map_belongs_to_the_small_gray_pipeline():
     with pytest.raises(ConfigError, match=r"'augment.shear' belongs to the 'small_gray' pipeline's affine map; "
                                           r"augment.pipeline is 'barlow'"):
         load_config(None, OK + ["augment.pipeline=barlow", "augment.shear=5"])
+
+
+def test_the_stroke_width_belongs_to_the_small_gray_pipeline():
+    with pytest.raises(ConfigError, match=r"'augment.stroke_width' changes grayscale strokes \(the 'small_gray' "
+                                          r"pipeline\); augment.pipeline is 'barlow'"):
+        load_config(None, OK + ["augment.pipeline=barlow", "augment.stroke_width=0.5"])

@@ -86,6 +86,8 @@ DEFAULTS: dict[str, Any] = {
         # up to this fraction of its side and shears it by up to this many degrees.
         "translate": 0.0,
         "shear": 0.0,
+        # small_gray: the probability that a view's strokes are made one pixel thicker or thinner (even odds).
+        "stroke_width": 0.0,
         # small_gray: the probability that a view's strokes are painted in a random colour over a random
         # smooth background (twist.data.backdrop), so that the views share only the digit's shape.
         "backdrop": 0.0,
@@ -196,6 +198,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "augment.rotation": (0.0, 180.0),
     "augment.translate": (0.0, 0.5),
     "augment.shear": (0.0, 45.0),
+    "augment.stroke_width": (0.0, 1.0),
     "optim.lr": (0.0, None),
     "optim.bias_lr_ratio": (0.0, None),
     "optim.warmup_epochs": (0, None),
@@ -466,6 +469,9 @@ def _check_consistency(cfg: dict[str, Any], source: str) -> None:
         if cfg["augment"][key] > 0 and cfg["augment"]["pipeline"] != "small_gray":
             raise ConfigError(f"{source}: 'augment.{key}' belongs to the 'small_gray' pipeline's affine map; "
                               f"augment.pipeline is '{cfg['augment']['pipeline']}'")
+    if cfg["augment"]["stroke_width"] > 0 and cfg["augment"]["pipeline"] != "small_gray":
+        raise ConfigError(f"{source}: 'augment.stroke_width' changes grayscale strokes (the 'small_gray' pipeline); "
+                          f"augment.pipeline is '{cfg['augment']['pipeline']}'")
     if cfg["augment"]["on_device"] and cfg["augment"]["pipeline"] != "barlow":
         raise ConfigError(f"{source}: 'augment.on_device' implements the 'barlow' pipeline; augment.pipeline is "
                           f"'{cfg['augment']['pipeline']}'")

@@ -322,6 +322,28 @@ def test_small_gray_translate_shifts_the_views_by_up_to_its_fraction():
     assert np.abs(shifted).max() > 1.5 and np.abs(shifted).max() <= 0.25 * 16 + 1
 
 
+def test_small_gray_stroke_width_thickens_and_thins_the_strokes_by_one_pixel():
+    # A vertical bar three pixels wide in a 16 px image; whole-image crops, no other randomness.
+    bar = np.zeros((16, 16), np.uint8)
+    bar[3:13, 6:9] = 255
+    image = Image.fromarray(bar, mode="L")
+    quiet = ["augment.crop_scale=[1.0,1.0]", "augment.color_jitter=0", "augment.blur=[0,0]", "augment.rotation=0"]
+
+    def widths(extra):
+        cfg = load_config(None, DIGITS + quiet + ["data.image_size=16"] + extra)
+        transform = train_transform(cfg)
+        torch.manual_seed(0)
+        found = []
+        for _ in range(40):
+            raw = transform(image)[0][0]
+            found.append(int((raw[8] > raw.min() + 0.5 * (raw.max() - raw.min())).sum()))
+        return found
+
+    assert set(widths([])) == {3}
+    assert set(widths(["augment.stroke_width=1.0"])) == {1, 5}  # both directions, one pixel each side
+    assert set(widths(["augment.stroke_width=0.5"])) == {1, 3, 5}
+
+
 @pytest.mark.parametrize("overrides, mode, raw_size", [(SYNTH, "RGB", 20), (DIGITS, "L", 8)])
 def test_eval_transform_shape_and_determinism(overrides, mode, raw_size):
     cfg = load_config(None, overrides)

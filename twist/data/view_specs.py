@@ -31,6 +31,7 @@ class AugmentConfig:
     rotation: float
     translate: float
     shear: float
+    stroke_width: float
     backdrop: float
     local_crops: int
     local_size: int

@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,6 +55,29 @@ def test_knn_reads_backbone_only_weights_with_the_config_beside_them(run_dir, tm
     assert results["config_sources"][0].endswith("config.yaml")
     assert results["k"] == 5 and results["num_train"] == 60 and results["num_val"] == 15
     assert 0 <= results["top1"] <= results["top5"] <= 1
+    assert "baseline" not in results  # knn.pixel_baseline is off by default
+
+
+def test_knn_pixel_baseline_is_the_same_vote_on_the_evaluation_view_pixels(run_dir, tmp_path):
+    from tests.eval.test_knn import brute_force_knn
+    from twist.eval.session import open_session
+
+    code, results = _eval("knn", tmp_path / "knn", "--checkpoint", f"{run_dir}/checkpoint.pth", "knn.k=5",
+                          "knn.pixel_baseline=true", *QUIET)
+    assert code == 0
+    session = open_session("knn", str(tmp_path / "session"), f"{run_dir}/checkpoint.pth", overrides=QUIET)
+
+    def pixels(source):
+        data = session.eval_dataset(source)
+        items = [data[i] for i in range(len(data))]
+        return np.stack([image.numpy().ravel() for image, _, _ in items]), np.array([label for _, label, _ in items])
+
+    (train, train_labels), (val, val_labels) = (pixels(source) for source in session.train_and_val_sources())
+    num_classes = int(max(train_labels.max(), val_labels.max())) + 1
+    top1, top5, _ = brute_force_knn(train, train_labels, val, val_labels, num_classes, k=5, temperature=0.07)
+    base = results["baseline"]
+    assert base["method"] == "kNN on raw pixels" and base["feature_dim"] == train.shape[1]
+    assert (base["top1"], base["top5"]) == (top1 / 15, top5 / 15)
 
 
 def test_linear_cached_equals_uncached(run_dir, tmp_path):

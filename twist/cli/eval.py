@@ -106,6 +106,9 @@ def format_results(results: dict) -> str:
     line = f"top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f}  ({results['num_val']} val images)"
     if "best_top1" in results:
         line += f"  best top-1 {results['best_top1']:.4f} at epoch {results['best_epoch']}"
+    if "baseline" in results:
+        base = results["baseline"]
+        line += f"\n{base['method']}: top-1 {base['top1']:.4f}  top-5 {base['top5']:.4f}"
     return f"{head}\n{line}"
 
 

@@ -62,6 +62,7 @@ EVAL_DEFAULTS: dict[str, Any] = {
         "k": 20,
         "temperature": 0.07,
         "query_batch_size": 1024,
+        "pixel_baseline": False,
     },
     "semisup": {
         # A file of image names (SimCLR's 1percent.txt / 10percent.txt); else a class-balanced fraction.

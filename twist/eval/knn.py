@@ -73,5 +73,23 @@ def run_knn(session: EvalSession) -> dict:
     results = {**session.describe(), "top1": int(counts[0]) / len(val_feats), "top5": int(counts[1]) / len(val_feats),
                "k": knn["k"], "temperature": knn["temperature"], "feature_dim": extractor.feature_dim,
                "num_classes": num_classes, "num_train": len(train_source), "num_val": len(val_source)}
+    if knn["pixel_baseline"]:
+        results["baseline"] = pixel_knn(session.eval_dataset(train_source), session.eval_dataset(val_source),
+                                        num_classes, knn)
     session.write_json("results.json", results)
     return results
+
+
+def pixel_knn(train_set, val_set, num_classes: int, knn: dict) -> dict:
+    """The same vote on the evaluation view's raw pixels, flattened: what the features must beat.
+    Each rank computes it whole (it is meant for small datasets)."""
+    def pixels(dataset):
+        images, labels = zip(*(dataset[i][:2] for i in range(len(dataset))))
+        return torch.stack(images).flatten(1).double(), torch.as_tensor(labels)
+
+    train_pixels, train_labels = pixels(train_set)
+    val_pixels, val_labels = pixels(val_set)
+    top1, top5 = knn_correct(train_pixels, train_labels, val_pixels, val_labels, num_classes, knn["k"],
+                             knn["temperature"], knn["query_batch_size"])
+    return {"method": "kNN on raw pixels", "top1": top1 / len(val_set), "top5": top5 / len(val_set),
+            "feature_dim": int(train_pixels.shape[1])}

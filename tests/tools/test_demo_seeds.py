@@ -6,8 +6,9 @@ from twist_tools.demo_seeds import GOAL, Run, main, verdict
 QUICK = ["train.epochs=1", "data.image_size=16", "optim.warmup_epochs=0", "eval.kmeans_baseline=false"]
 
 
-def _metrics(acc, nmi, used=10):
-    return {"acc": acc, "nmi": nmi, "ami": nmi, "ari": acc, "num_clusters_used": used, "num_classes": 10}
+def _metrics(acc, nmi, used=10, knn=0.98, pixels=0.97):
+    return {"acc": acc, "nmi": nmi, "ami": nmi, "ari": acc, "num_clusters_used": used, "num_classes": 10,
+            "knn_top1": knn, "pixels_knn_top1": pixels}
 
 
 def test_the_verdict_names_each_condition_and_run_that_fails_it():
@@ -20,6 +21,8 @@ def test_the_verdict_names_each_condition_and_run_that_fails_it():
     shared = {Run(0, 1): _metrics(0.97, 0.89, used=9)}
     assert verdict(shared) == ["NMI below 0.9 in seed0_threads1",
                                "not every digit has a cluster of its own in seed0_threads1"]
+    tie = {**good, Run(1, 2): _metrics(0.96, 0.93, knn=0.97, pixels=0.97)}
+    assert verdict(tie) == ["kNN on the features not above kNN on the raw pixels in seed1_threads2"]
 
 
 def test_the_grid_runs_the_demo_writes_the_table_and_reuses_finished_runs(tmp_path):
@@ -30,6 +33,10 @@ def test_the_grid_runs_the_demo_writes_the_table_and_reuses_finished_runs(tmp_pa
     for seed in (0, 1):
         metrics = json.loads((work / f"seed{seed}_threads1" / "metrics.json").read_text())
         assert f"| {seed} | 1 | {metrics['acc']:.3f} | {metrics['nmi']:.3f} |" in text
+        knn = json.loads((work / f"seed{seed}_threads1" / "knn" / "results.json").read_text())
+        assert knn["checkpoint"].endswith(f"seed{seed}_threads1/checkpoint.pth") and knn["num_val"] == 355
+        assert f" | {knn['top1']:.3f} | " in text
+        assert f"against {knn['baseline']['top1']:.3f} for the same vote on the raw pixels" in text
     assert "bare ResNet-18 training at" in text and "(24 px, batch 512: the demo's step)" in text
     assert "Goal (" in text and "not met" in text
     timing = (work / "seed0_threads1" / "wall_time.json").read_text()

@@ -107,8 +107,8 @@ def format_results(results: dict) -> str:
     if "best_top1" in results:
         line += f"  best top-1 {results['best_top1']:.4f} at epoch {results['best_epoch']}"
     if "baseline" in results:
-        base = results["baseline"]
-        line += f"\n{base['method']}: top-1 {base['top1']:.4f}  top-5 {base['top5']:.4f}"
+        baseline = results["baseline"]
+        line += f"\n{baseline['method']}: top-1 {baseline['top1']:.4f}  top-5 {baseline['top5']:.4f}"
     return f"{head}\n{line}"
 
 

@@ -79,7 +79,8 @@ def run_demo(run: Run, work_dir: str, overrides: list[str]) -> dict:
         metrics["seconds"] = json.load(f)["seconds"]
     with open(knn_path, encoding="utf-8") as f:
         knn = json.load(f)
-    metrics["knn_top1"], metrics["pixels_knn_top1"] = knn["top1"], knn["baseline"]["top1"]
+    metrics.update(knn_top1=knn["top1"], pixels_knn_top1=knn["baseline"]["top1"], knn_k=knn["k"],
+                   knn_temperature=knn["temperature"])
     return metrics
 
 
@@ -117,11 +118,12 @@ def report(results: dict[Run, dict], command: str, machine: str, rate: float, ov
                      f"{m['seconds']:.0f} s |")
     accs, nmis = [m["acc"] for m in results.values()], [m["nmi"] for m in results.values()]
     knns, pixels = [m["knn_top1"] for m in results.values()], sorted({m["pixels_knn_top1"] for m in results.values()})
+    votes = ", ".join(sorted({f"k = {m['knn_k']}, T = {m['knn_temperature']}" for m in results.values()}))
     lines += ["", f"ACC: mean {statistics.mean(accs):.3f}, min {min(accs):.3f}; "
               f"NMI: mean {statistics.mean(nmis):.3f}, min {min(nmis):.3f}; "
               f"kNN top-1 on the held-out split: mean {statistics.mean(knns):.3f}, min {min(knns):.3f}, against "
               f"{' / '.join(f'{p:.3f}' for p in pixels)} for the same vote on the raw pixels "
-              f"({EVAL_CONFIG}, k = 20, T = 0.07).", ""]
+              f"({EVAL_CONFIG}, {votes}).", ""]
     failed = verdict(results)
     goal = (f"ACC at least {GOAL['acc_min']} in every run and {GOAL['acc_mean']} on average, NMI at least "
             f"{GOAL['nmi_min']} in every run, every digit a cluster of its own, kNN on the features above kNN on "

@@ -8,7 +8,7 @@ QUICK = ["train.epochs=1", "data.image_size=16", "optim.warmup_epochs=0", "eval.
 
 def _metrics(acc, nmi, used=10, knn=0.98, pixels=0.97):
     return {"acc": acc, "nmi": nmi, "ami": nmi, "ari": acc, "num_clusters_used": used, "num_classes": 10,
-            "knn_top1": knn, "pixels_knn_top1": pixels}
+            "knn_top1": knn, "pixels_knn_top1": pixels, "knn_k": 20, "knn_temperature": 0.07}
 
 
 def test_the_verdict_names_each_condition_and_run_that_fails_it():
@@ -37,6 +37,7 @@ def test_the_grid_runs_the_demo_writes_the_table_and_reuses_finished_runs(tmp_pa
         assert knn["checkpoint"].endswith(f"seed{seed}_threads1/checkpoint.pth") and knn["num_val"] == 355
         assert f" | {knn['top1']:.3f} | " in text
         assert f"against {knn['baseline']['top1']:.3f} for the same vote on the raw pixels" in text
+        assert f"k = {knn['k']}, T = {knn['temperature']})" in text
     assert "bare ResNet-18 training at" in text and "(24 px, batch 512: the demo's step)" in text
     assert "Goal (" in text and "not met" in text
     timing = (work / "seed0_threads1" / "wall_time.json").read_text()

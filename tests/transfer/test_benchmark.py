@@ -27,12 +27,15 @@ def _toy(tmp_path) -> str:
                                "optim.warmup_epochs=0"],
         "supervised_overrides": [],
         "initialisations": {"twist": {"pretrain": "configs/demo/digits.yaml"}, "random": {}},
-        "segmentation": {"config": "segmentation/configs/miniature/fpn_r18_digit_scenes-64x64.py",
-                         "overrides": SEG_SHORT},
-        "frozen_segmentation": {"config": "segmentation/configs/miniature/fpn_r18_digit_scenes-64x64_frozen.py",
-                                "overrides": SEG_SHORT},
-        "detection": {"config": "detection/configs/miniature/voc_faster_rcnn_R_18_FPN_digit_scenes.yaml",
-                      "overrides": DET_SHORT},
+        "protocols": {
+            "segmentation": {"title": "Segmentation, backbone fine-tuned", "engine": "mmseg", "overrides": SEG_SHORT,
+                             "config": "segmentation/configs/miniature/fpn_r18_digit_scenes-64x64.py"},
+            "frozen_segmentation": {"title": "Segmentation, backbone frozen", "engine": "mmseg",
+                                    "config": "segmentation/configs/miniature/fpn_r18_digit_scenes-64x64_frozen.py",
+                                    "overrides": SEG_SHORT},
+            "detection": {"title": "Detection", "engine": "detectron2", "overrides": DET_SHORT,
+                          "config": "detection/configs/miniature/voc_faster_rcnn_R_18_FPN_digit_scenes.yaml"},
+        },
     }
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -100,6 +103,16 @@ def test_a_benchmark_config_with_a_wrong_key_is_named(tmp_path):
     config["initialisations"]["twist"] = {"pretrain": "a.yaml", "supervised": "b.yaml"}
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(TransferError, match="initialisations.twist takes one of"):
+        load_benchmark(str(path))
+    config["initialisations"]["twist"] = {"pretrain": "a.yaml"}
+    config["protocols"]["segmentation"]["engine"] = "mmdet"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(TransferError, match=r"segmentation.engine: expected one of \['detectron2', 'mmseg'\]"):
+        load_benchmark(str(path))
+    config["protocols"]["segmentation"] = {"engine": "mmseg", "config": "a.py", "overrides": []}
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(TransferError, match=r"protocols.segmentation: expected the keys \['config', 'engine', "
+                       r"'overrides', 'title'\], found \['config', 'engine', 'overrides'\]"):
         load_benchmark(str(path))
     config.pop("trials")
     path.write_text(yaml.safe_dump(config))

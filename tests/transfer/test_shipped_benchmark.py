@@ -18,8 +18,10 @@ def test_every_file_the_benchmark_names_loads_and_reads_only_train_digits():
     bench = load_benchmark(SHIPPED)
     assert bench.trials == 5 and [i.name for i in bench.initialisations] == [
         "twist", "random", "supervised", "barlow_twins", "wmse"]
-    for protocol in (bench.segmentation, bench.frozen_segmentation, bench.detection):
-        assert os.path.isfile(protocol["config"]), protocol
+    assert [(p.name, p.engine) for p in bench.protocols] == [
+        ("segmentation", "mmseg"), ("frozen_segmentation", "mmseg"), ("detection", "detectron2")]
+    for protocol in bench.protocols:
+        assert os.path.isfile(protocol.config), protocol
     for init in bench.initialisations:
         if init.pretrain:
             cfg = load_config(init.pretrain, bench.pretrain_overrides)

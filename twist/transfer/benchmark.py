@@ -11,9 +11,8 @@ already there, so an interrupted run continues where it stopped:
    the supervised one) under ``OUT/pretrain/<name>``;
 3. its conversion (``twist-convert --to mmseg`` / ``--to detectron2``) under ``OUT/weights``;
 4. the trials (``twist-trials run``, ``--scratch`` for the random initialisation) of each protocol
-   under ``OUT/<protocol>/<name>``: ``segmentation`` (the backbone fine-tuned), ``frozen_segmentation``
-   (the backbone frozen, only the FPN and its head trained) and, when Detectron2 is installed,
-   ``detection``;
+   of the config's ``protocols`` section under ``OUT/<protocol>/<name>``; a protocol of the
+   ``detectron2`` engine runs only when Detectron2 is installed, and the report says so when not;
 5. the report: every initialisation's mean ± sample std over its trials, a bar chart with error
    bars, the command and the machine, written to ``OUT/transfer.md`` (and ``--doc``). An
    initialisation with a failed trial is reported as failed, never averaged over fewer trials.
@@ -52,6 +51,26 @@ class Initialisation:
         return self.pretrain is None and self.supervised is None
 
 
+@dataclass(frozen=True)
+class Protocol:
+    """A downstream protocol of the config's ``protocols`` section: its trials go to ``OUT/<name>/<init>``."""
+
+    name: str
+    title: str
+    engine: str          # the twist-trials engine, which is also the conversion target
+    config: str
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return ENGINE_COLUMNS[self.engine][0]
+
+    @property
+    def metric(self) -> str:
+        """The figure the bar chart shows."""
+        return ENGINE_COLUMNS[self.engine][1]
+
+
 @dataclass
 class Benchmark:
     scenes: dict[str, int]
@@ -59,29 +78,33 @@ class Benchmark:
     pretrain_overrides: list[str]
     supervised_overrides: list[str]
     initialisations: list[Initialisation]
-    segmentation: dict[str, Any]
-    frozen_segmentation: dict[str, Any]
-    detection: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """A downstream protocol: its config section (and the folder of its trials), engine and report."""
-
-    name: str
-    engine: str          # the twist-trials engine, which is also the conversion target
-    title: str
-    columns: tuple[str, ...]
-    metric: str          # the one the bar chart shows
+    protocols: list[Protocol]
 
 
 SEGMENTATION_COLUMNS = ("mIoU", "mAcc", "aAcc")
 DETECTION_COLUMNS = ("bbox/AP", "bbox/AP50", "bbox/AP75")
-PROTOCOLS = (
-    Protocol("segmentation", "mmseg", "Segmentation, backbone fine-tuned", SEGMENTATION_COLUMNS, "mIoU"),
-    Protocol("frozen_segmentation", "mmseg", "Segmentation, backbone frozen", SEGMENTATION_COLUMNS, "mIoU"),
-    Protocol("detection", "detectron2", "Detection", DETECTION_COLUMNS, "bbox/AP50"),
-)
+ENGINE_COLUMNS = {"mmseg": (SEGMENTATION_COLUMNS, "mIoU"), "detectron2": (DETECTION_COLUMNS, "bbox/AP50")}
+TOP_KEYS = {"scenes", "trials", "pretrain_overrides", "supervised_overrides", "initialisations", "protocols"}
+PROTOCOL_KEYS = {"title", "engine", "config", "overrides"}
+
+
+def load_protocols(path: str, raw: Any) -> list[Protocol]:
+    if not isinstance(raw, dict) or not raw:
+        raise TransferError(f"{path}: protocols must map each protocol's name to its title, engine, config and "
+                            f"overrides, not {raw!r}")
+    protocols = []
+    for name, spec in raw.items():
+        where = f"{path}: protocols.{name}"
+        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+            raise TransferError(f"{where}: a protocol's name is its folder: letters, digits, '_' and '-' only")
+        if not isinstance(spec, dict) or set(spec) != PROTOCOL_KEYS:
+            found = sorted(spec) if isinstance(spec, dict) else spec
+            raise TransferError(f"{where}: expected the keys {sorted(PROTOCOL_KEYS)}, found {found}")
+        if spec["engine"] not in ENGINE_COLUMNS:
+            raise TransferError(f"{where}.engine: expected one of {sorted(ENGINE_COLUMNS)}, not {spec['engine']!r}")
+        protocols.append(Protocol(name, str(spec["title"]), spec["engine"], str(spec["config"]),
+                                  tuple(str(o) for o in spec["overrides"] or [])))
+    return protocols
 
 
 def load_benchmark(path: str) -> Benchmark:
@@ -90,11 +113,9 @@ def load_benchmark(path: str) -> Benchmark:
         raise TransferError(f"benchmark config '{path}' does not exist")
     with open(path, encoding="utf-8") as f:
         raw = yaml.safe_load(f)
-    expected = {"scenes", "trials", "pretrain_overrides", "supervised_overrides", "initialisations",
-                *(protocol.name for protocol in PROTOCOLS)}
-    if not isinstance(raw, dict) or set(raw) != expected:
+    if not isinstance(raw, dict) or set(raw) != TOP_KEYS:
         found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
-        raise TransferError(f"{path}: expected the keys {sorted(expected)}, found {found}")
+        raise TransferError(f"{path}: expected the keys {sorted(TOP_KEYS)}, found {found}")
     inits = []
     for name, spec in raw["initialisations"].items():
         spec = spec or {}
@@ -114,7 +135,7 @@ def load_benchmark(path: str) -> Benchmark:
                             f"{raw['trials']!r}")
     return Benchmark(raw["scenes"], raw["trials"], [str(o) for o in raw["pretrain_overrides"] or []],
                      [str(o) for o in raw["supervised_overrides"] or []], inits,
-                     *(raw[protocol.name] for protocol in PROTOCOLS))
+                     load_protocols(path, raw["protocols"]))
 
 
 def detectron2_available() -> bool:
@@ -225,12 +246,12 @@ def convert(init: Initialisation, checkpoint: str | None, target: str, runner: R
 def run_trials(init: Initialisation, weights: str | None, protocol: Protocol, bench: Benchmark, runner: Runner,
                scenes: dict[str, Any]) -> str:
     """The trials of one initialisation under one protocol; returns their folder (holding summary.json)."""
-    task, engine, spec = protocol.name, protocol.engine, getattr(bench, protocol.name)
+    task, engine = protocol.name, protocol.engine
     out = os.path.join(runner.output_dir, task, init.name)
-    cmd = [sys.executable, "-m", "twist.cli.trials", "run", "--engine", engine, "--config", spec["config"],
+    cmd = [sys.executable, "-m", "twist.cli.trials", "run", "--engine", engine, "--config", protocol.config,
            "--trials", str(bench.trials), "--output-dir", out]
     cmd += ["--scratch"] if weights is None else ["--weights", weights]
-    overrides = [str(o) for o in spec.get("overrides", [])]
+    overrides = list(protocol.overrides)
     env = None
     if engine == "mmseg":
         cmd += ["--", "--data-root", scenes["voc"], *overrides]
@@ -314,13 +335,13 @@ def write_report(bench: Benchmark, results: dict[str, list[tuple[str, dict[str, 
         lines += [f"**Not finished yet:** {', '.join(pending)} (the command above, without --report-only, "
                   "continues where the run stopped).", ""]
     charts = []
-    for protocol in PROTOCOLS:
+    for protocol in bench.protocols:
         rows = results.get(protocol.name)
         if rows is None:
             lines += [f"## {protocol.title}", "", "Not run: Detectron2 is not installed.", ""]
             continue
         columns = protocol.columns
-        lines += [f"## {protocol.title} ({getattr(bench, protocol.name)['config']})", "",
+        lines += [f"## {protocol.title} ({protocol.config})", "",
                   "| initialisation | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
         lines += [f"| {name} | " + " | ".join(row_cells(summary, columns)) + " |" for name, summary in rows]
         chart = f"transfer_{protocol.name}.png"
@@ -350,8 +371,8 @@ def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Ca
     rate = bare_resnet18_rate(steps=5, batch=8, size=64)
     echo(f"machine: bare ResNet-18 training at 64 px runs at {rate:.0f} images/s here")
     scenes = make_scenes(bench, os.path.join(output_dir, "data"), echo)
-    protocols = [p for p in PROTOCOLS if p.engine != "detectron2" or detectron2_available()]
-    if len(protocols) < len(PROTOCOLS):
+    protocols = [p for p in bench.protocols if p.engine != "detectron2" or detectron2_available()]
+    if len(protocols) < len(bench.protocols):
         echo("detection: skipped, Detectron2 is not installed (see the README's detection section)")
     tasks = [p.name for p in protocols]
     results: dict[str, list[tuple[str, dict[str, Any]]]] = {task: [] for task in tasks}

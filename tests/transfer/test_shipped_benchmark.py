@@ -19,7 +19,8 @@ def test_every_file_the_benchmark_names_loads_and_reads_only_train_digits():
     assert bench.trials == 5 and [i.name for i in bench.initialisations] == [
         "twist", "random", "supervised", "barlow_twins", "wmse"]
     assert [(p.name, p.engine) for p in bench.protocols] == [
-        ("segmentation", "mmseg"), ("frozen_segmentation", "mmseg"), ("detection", "detectron2")]
+        ("segmentation", "mmseg"), ("tenth_rate_segmentation", "mmseg"), ("frozen_segmentation", "mmseg"),
+        ("detection", "detectron2")]
     for protocol in bench.protocols:
         assert os.path.isfile(protocol.config), protocol
     for init in bench.initialisations:

@@ -26,7 +26,8 @@ def _toy(tmp_path) -> str:
         "pretrain_overrides": ["data.train_split=train", "data.image_size=24", "eval.enabled=false", "train.epochs=1",
                                "optim.warmup_epochs=0"],
         "supervised_overrides": [],
-        "initialisations": {"twist": {"pretrain": "configs/demo/digits.yaml"}, "random": {}},
+        "initialisations": {"twist": {"pretrain": "configs/demo/digits.yaml", "overrides": ["train.log_every=1"]},
+                            "random": {}},
         "protocols": {
             "segmentation": {"title": "Segmentation, backbone fine-tuned", "engine": "mmseg", "overrides": SEG_SHORT,
                              "config": "segmentation/configs/miniature/fpn_r18_digit_scenes-64x64.py"},
@@ -58,6 +59,9 @@ def test_the_whole_chain_at_toy_size(tmp_path):
             miou = summary["metrics"]["mIoU"]
             assert f"| {name} | {miou['mean']:.1f} ± {miou['std']:.1f} |" in text
     assert "bare ResNet-18 training at 64 px" in text and "2 trials per initialisation" in text
+    # The initialisation's own overrides reached its pretraining, after the section-wide ones.
+    saved = yaml.safe_load((out / "pretrain" / "twist" / "config.yaml").read_text())
+    assert saved["train"]["log_every"] == 1 and saved["train"]["epochs"] == 1
     # Each trial's backbone, after mmseg's own initialisation, held the pretraining checkpoint's tensors.
     backbone = load_weights_only(str(out / "pretrain" / "twist" / "checkpoint.pth"))["backbone"]
     expected = {k: tensor_digest(v) for k, v in sorted(backbone.items())}
@@ -104,6 +108,12 @@ def test_a_benchmark_config_with_a_wrong_key_is_named(tmp_path):
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(TransferError, match="initialisations.twist takes one of"):
         load_benchmark(str(path))
+    config["initialisations"]["twist"] = {"pretrain": "a.yaml"}
+    config["initialisations"]["random"] = {"overrides": ["train.epochs=2"]}
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(TransferError, match=r"initialisations.random takes one of .* not \['overrides'\]"):
+        load_benchmark(str(path))
+    config["initialisations"]["random"] = {}
     config["initialisations"]["twist"] = {"pretrain": "a.yaml"}
     config["protocols"]["segmentation"]["engine"] = "mmdet"
     path.write_text(yaml.safe_dump(config))

@@ -25,12 +25,14 @@ def test_every_file_the_benchmark_names_loads_and_reads_only_train_digits():
         assert os.path.isfile(protocol.config), protocol
     for init in bench.initialisations:
         if init.pretrain:
-            cfg = load_config(init.pretrain, bench.pretrain_overrides)
+            cfg = load_config(init.pretrain, [*bench.pretrain_overrides, *init.overrides])
             assert cfg["data"]["dataset"] == "digits" and cfg["data"]["train_split"] == "train"
             assert cfg["model"]["backbone"] == "resnet18" and not cfg["model"]["small_input"]  # it converts
         elif init.supervised:
-            cfg = EVAL.load(init.supervised, bench.supervised_overrides)
+            cfg = EVAL.load(init.supervised, [*bench.supervised_overrides, *init.overrides])
             assert cfg["data"]["train_split"] == "train" and cfg["semisup"]["fraction"] == 1.0
             assert cfg["model"]["backbone"] == "resnet18"
         else:
             assert init.name == "random"
+    wmse = next(init for init in bench.initialisations if init.name == "wmse")
+    assert load_config(wmse.pretrain, [*bench.pretrain_overrides, *wmse.overrides])["wmse"]["w_eps"] == 1e-4

@@ -45,6 +45,7 @@ class Initialisation:
     name: str
     pretrain: str | None = None      # a twist-train config
     supervised: str | None = None    # a twist-eval semisup config, run with --random-init
+    overrides: tuple[str, ...] = ()  # this initialisation's own, after the section-wide ones
 
     @property
     def scratch(self) -> bool:
@@ -119,10 +120,17 @@ def load_benchmark(path: str) -> Benchmark:
     inits = []
     for name, spec in raw["initialisations"].items():
         spec = spec or {}
-        if set(spec) - {"pretrain", "supervised"} or len(spec) > 1:
+        sources = set(spec) & {"pretrain", "supervised"}
+        if set(spec) - {"pretrain", "supervised", "overrides"} or len(sources) > 1 or (
+                "overrides" in spec and not sources):
             raise TransferError(f"{path}: initialisations.{name} takes one of 'pretrain' or 'supervised' (or "
-                                f"nothing, for random weights), not {sorted(spec)}")
-        inits.append(Initialisation(name, spec.get("pretrain"), spec.get("supervised")))
+                                f"nothing, for random weights) and, beside either, 'overrides'; not {sorted(spec)}")
+        overrides = spec.get("overrides") or []
+        if not isinstance(overrides, list):
+            raise TransferError(f"{path}: initialisations.{name}.overrides must be a list of key=value words, not "
+                                f"{overrides!r}")
+        inits.append(Initialisation(name, spec.get("pretrain"), spec.get("supervised"),
+                                    tuple(str(o) for o in overrides)))
     from twist.transfer.digit_scenes import SceneSpec
 
     spec_keys = set(SceneSpec.__dataclass_fields__)
@@ -221,12 +229,13 @@ def pretrain(init: Initialisation, bench: Benchmark, runner: Runner) -> str | No
         if not os.path.isfile(os.path.join(out, "backbone.pth")):
             runner.run(f"pretrain {init.name}", [sys.executable, "-m", "twist.cli.train", "--config", init.pretrain,
                                                  "--output-dir", out, "train.progress_bar=false",
-                                                 *bench.pretrain_overrides], f"pretrain_{init.name}.log")
+                                                 *bench.pretrain_overrides, *init.overrides],
+                       f"pretrain_{init.name}.log")
         return checkpoint
     if not os.path.isfile(os.path.join(out, "results.json")):
         runner.run(f"pretrain {init.name}", [sys.executable, "-m", "twist.cli.eval", "semisup", "--random-init",
                                              "--config", init.supervised, "--output-dir", out,
-                                             "progress_bar=false", *bench.supervised_overrides],
+                                             "progress_bar=false", *bench.supervised_overrides, *init.overrides],
                    f"pretrain_{init.name}.log")
     return checkpoint
 

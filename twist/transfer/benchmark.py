@@ -101,6 +101,9 @@ def load_protocols(path: str, raw: Any) -> list[Protocol]:
         if not isinstance(spec, dict) or set(spec) != PROTOCOL_KEYS:
             found = sorted(spec) if isinstance(spec, dict) else spec
             raise TransferError(f"{where}: expected the keys {sorted(PROTOCOL_KEYS)}, found {found}")
+        if not isinstance(spec["overrides"] or [], list):
+            raise TransferError(f"{where}.overrides: expected a list of the config's overrides, not "
+                                f"{spec['overrides']!r}")
         if spec["engine"] not in ENGINE_COLUMNS:
             raise TransferError(f"{where}.engine: expected one of {sorted(ENGINE_COLUMNS)}, not {spec['engine']!r}")
         protocols.append(Protocol(name, str(spec["title"]), spec["engine"], str(spec["config"]),

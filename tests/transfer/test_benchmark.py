@@ -122,7 +122,7 @@ def test_a_benchmark_config_with_a_wrong_key_is_named(tmp_path):
     config["protocols"]["segmentation"]["engine"] = "mmseg"
     config["protocols"]["segmentation"]["overrides"] = "train_cfg.max_iters=2"
     path.write_text(yaml.safe_dump(config))
-    with pytest.raises(TransferError, match=r"segmentation.overrides: expected a list"):
+    with pytest.raises(TransferError, match=r"protocols.segmentation.overrides: expected a list"):
         load_benchmark(str(path))
     config["protocols"]["segmentation"] = {"engine": "mmseg", "config": "a.py", "overrides": []}
     path.write_text(yaml.safe_dump(config))

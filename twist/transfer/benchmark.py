@@ -89,6 +89,15 @@ TOP_KEYS = {"scenes", "trials", "pretrain_overrides", "supervised_overrides", "i
 PROTOCOL_KEYS = {"title", "engine", "config", "overrides"}
 
 
+def override_words(where: str, value: Any) -> tuple[str, ...]:
+    """A config section's overrides: a list of words (or nothing), refused by name otherwise."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise TransferError(f"{where}: expected a list of the config's overrides, not {value!r}")
+    return tuple(str(word) for word in value)
+
+
 def load_protocols(path: str, raw: Any) -> list[Protocol]:
     if not isinstance(raw, dict) or not raw:
         raise TransferError(f"{path}: protocols must map each protocol's name to its title, engine, config and "
@@ -101,13 +110,10 @@ def load_protocols(path: str, raw: Any) -> list[Protocol]:
         if not isinstance(spec, dict) or set(spec) != PROTOCOL_KEYS:
             found = sorted(spec) if isinstance(spec, dict) else spec
             raise TransferError(f"{where}: expected the keys {sorted(PROTOCOL_KEYS)}, found {found}")
-        if not isinstance(spec["overrides"] or [], list):
-            raise TransferError(f"{where}.overrides: expected a list of the config's overrides, not "
-                                f"{spec['overrides']!r}")
         if spec["engine"] not in ENGINE_COLUMNS:
             raise TransferError(f"{where}.engine: expected one of {sorted(ENGINE_COLUMNS)}, not {spec['engine']!r}")
         protocols.append(Protocol(name, str(spec["title"]), spec["engine"], str(spec["config"]),
-                                  tuple(str(o) for o in spec["overrides"] or [])))
+                                  override_words(f"{where}.overrides", spec["overrides"])))
     return protocols
 
 
@@ -128,12 +134,8 @@ def load_benchmark(path: str) -> Benchmark:
                 "overrides" in spec and not sources):
             raise TransferError(f"{path}: initialisations.{name} takes one of 'pretrain' or 'supervised' (or "
                                 f"nothing, for random weights) and, beside either, 'overrides'; not {sorted(spec)}")
-        overrides = spec.get("overrides") or []
-        if not isinstance(overrides, list):
-            raise TransferError(f"{path}: initialisations.{name}.overrides must be a list of key=value words, not "
-                                f"{overrides!r}")
         inits.append(Initialisation(name, spec.get("pretrain"), spec.get("supervised"),
-                                    tuple(str(o) for o in overrides)))
+                                    override_words(f"{path}: initialisations.{name}.overrides", spec.get("overrides"))))
     from twist.transfer.digit_scenes import SceneSpec
 
     spec_keys = set(SceneSpec.__dataclass_fields__)
@@ -144,8 +146,9 @@ def load_benchmark(path: str) -> Benchmark:
     if not isinstance(raw["trials"], int) or raw["trials"] < 2:
         raise TransferError(f"{path}: trials must be an integer of at least 2 (a spread needs two), not "
                             f"{raw['trials']!r}")
-    return Benchmark(raw["scenes"], raw["trials"], [str(o) for o in raw["pretrain_overrides"] or []],
-                     [str(o) for o in raw["supervised_overrides"] or []], inits,
+    return Benchmark(raw["scenes"], raw["trials"], list(override_words(f"{path}: pretrain_overrides",
+                                                                       raw["pretrain_overrides"])),
+                     list(override_words(f"{path}: supervised_overrides", raw["supervised_overrides"])), inits,
                      load_protocols(path, raw["protocols"]))
 
 

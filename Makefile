@@ -61,9 +61,11 @@ study: $(STAMP)
 
 # Transfer in miniature: pretrain on the train digits, convert, five segmentation (and, with Detectron2,
 # detection) trials per initialisation on digit scenes; writes docs/transfer.md. Rerun to resume.
+# TRANSFER_JOBS initialisations run side by side, the cores shared out between them.
+TRANSFER_JOBS ?= 2
 transfer: $(STAMP)
 	$(PY) -m twist.transfer.benchmark --config configs/transfer/digit_scenes.yaml --output-dir runs/transfer \
-		--doc docs/transfer.md
+		--doc docs/transfer.md --jobs $(TRANSFER_JOBS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -36,7 +36,10 @@ def _toy(tmp_path) -> str:
                                     "overrides": SEG_SHORT},
             "detection": {"title": "Detection", "engine": "detectron2", "overrides": DET_SHORT,
                           "config": "detection/configs/miniature/voc_faster_rcnn_R_18_FPN_digit_scenes.yaml"},
+            "unused": {"title": "Not in default_protocols", "engine": "mmseg", "overrides": SEG_SHORT,
+                       "config": "segmentation/configs/miniature/fpn_r18_digit_scenes-64x64.py"},
         },
+        "default_protocols": ["segmentation", "frozen_segmentation", "detection"],
     }
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -47,8 +50,12 @@ def test_the_whole_chain_at_toy_size(tmp_path):
     from twist_segmentation.train import tensor_digest
 
     out = tmp_path / "out"
-    report = run_benchmark(_toy(tmp_path), str(out), doc=str(tmp_path / "transfer.md"), echo=lambda line: None)
+    # two chains side by side: each initialisation's steps write only its own folders
+    report = run_benchmark(_toy(tmp_path), str(out), doc=str(tmp_path / "transfer.md"), echo=lambda line: None,
+                           jobs=2)
     text = open(report).read()
+    assert not (out / "unused").exists() and "Not in default_protocols" not in text
+    assert "2 jobs side by side at 1 thread each" in text
     assert text == (tmp_path / "transfer.md").read_text()
     for chart in ("transfer_segmentation.png", "transfer_frozen_segmentation.png"):
         assert (tmp_path / chart).is_file(), chart
@@ -84,13 +91,22 @@ def test_the_whole_chain_at_toy_size(tmp_path):
         assert "Not run: Detectron2 is not installed." in text
     else:
         assert "bbox/AP50" in text
-    # Every step's time was kept as it finished; the report gives their sum.
+    # Every step's time was kept as it finished; the report gives the invocation's wall-clock time and their sum.
     timings = json.loads((out / "timings.json").read_text())
     assert {"pretrain twist", "convert twist to mmseg", "segmentation twist", "segmentation random"} <= set(timings)
-    assert f"in {sum(timings.values()) / 60:.0f} minutes (its steps' times, summed over every invocation)" in text
-    # A second call finds every step done and writes the same table.
+    walls = json.loads((out / "wall.json").read_text())
+    assert len(walls) == 1 and walls[0] > max(timings.values())
+    assert (f"in {walls[0] / 60:.0f} minutes of wall-clock time (1 invocation; its steps' times summed: "
+            f"{sum(timings.values()) / 60:.0f} minutes)") in text
+    # A second call finds every step done, writes the same table and adds no wall-clock time.
     again = run_benchmark(_toy(tmp_path), str(out), echo=lambda line: None)
     assert open(again).read().split("## Segmentation")[1] == text.split("## Segmentation")[1]
+    assert json.loads((out / "wall.json").read_text()) == walls
+    # --protocols runs another of the config's protocols into the same folder, beside the others.
+    only = open(run_benchmark(_toy(tmp_path), str(out), echo=lambda line: None, protocols=["unused"])).read()
+    assert "Not in default_protocols" in only and "backbone frozen" not in only
+    assert json.loads((out / "unused" / "random" / "summary.json").read_text())["num_succeeded"] == 2
+    assert "2 invocations: " in only
     # --report-only runs nothing: an initialisation without trials is named, not averaged or started.
     config = yaml.safe_load(open(_toy(tmp_path)))
     config["initialisations"]["wmse"] = {"pretrain": "configs/demo/digits_wmse.yaml"}
@@ -129,6 +145,19 @@ def test_a_benchmark_config_with_a_wrong_key_is_named(tmp_path):
     with pytest.raises(TransferError, match=r"protocols.segmentation: expected the keys \['config', 'engine', "
                        r"'overrides', 'title'\], found \['config', 'engine', 'overrides'\]"):
         load_benchmark(str(path))
+    config["protocols"]["segmentation"] = {"title": "S", "engine": "mmseg", "config": "a.py", "overrides": []}
+    config["default_protocols"] = ["segmentation", "segmentaton"]
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(TransferError, match=r"default_protocols: expected some of the config's protocols "
+                       r"\['detection', 'frozen_segmentation', 'segmentation', 'unused'\], not \['segmentaton'\]"):
+        load_benchmark(str(path))
+    config["default_protocols"] = ["segmentation"]
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(TransferError, match=r"--protocols: expected some of .* not \['frozen'\]"):
+        load_benchmark(str(path)).chosen(["frozen"])
+    with pytest.raises(TransferError, match="--jobs must be at least 1, not 0"):
+        run_benchmark(str(path), str(tmp_path / "never"), echo=lambda line: None, jobs=0)
+    assert not (tmp_path / "never").exists()
     config.pop("trials")
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(TransferError, match="expected the keys"):

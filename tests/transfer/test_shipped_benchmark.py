@@ -21,6 +21,8 @@ def test_every_file_the_benchmark_names_loads_and_reads_only_train_digits():
     assert [(p.name, p.engine) for p in bench.protocols] == [
         ("segmentation", "mmseg"), ("tenth_rate_segmentation", "mmseg"), ("frozen_segmentation", "mmseg"),
         ("detection", "detectron2")]
+    # make transfer runs the tenth-rate fine-tuning (and detection); the others are diagnostics
+    assert [p.name for p in bench.chosen(None)] == ["tenth_rate_segmentation", "detection"]
     for protocol in bench.protocols:
         assert os.path.isfile(protocol.config), protocol
     for init in bench.initialisations:

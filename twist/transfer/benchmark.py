@@ -11,11 +11,17 @@ already there, so an interrupted run continues where it stopped:
    the supervised one) under ``OUT/pretrain/<name>``;
 3. its conversion (``twist-convert --to mmseg`` / ``--to detectron2``) under ``OUT/weights``;
 4. the trials (``twist-trials run``, ``--scratch`` for the random initialisation) of each protocol
-   of the config's ``protocols`` section under ``OUT/<protocol>/<name>``; a protocol of the
-   ``detectron2`` engine runs only when Detectron2 is installed, and the report says so when not;
+   the config's ``default_protocols`` names (or ``--protocols``) under ``OUT/<protocol>/<name>``; a
+   protocol of the ``detectron2`` engine runs only when Detectron2 is installed, and the report says
+   so when not;
 5. the report: every initialisation's mean ± sample std over its trials, a bar chart with error
    bars, the command and the machine, written to ``OUT/transfer.md`` (and ``--doc``). An
    initialisation with a failed trial is reported as failed, never averaged over fewer trials.
+
+With ``--jobs N`` the initialisations' chains (steps 2 to 4) run N at a time, each step's command
+with the machine's cores shared out (``OMP_NUM_THREADS``): on a 2-core machine two one-thread
+fine-tunings at 64 px get through 1.25x the images of one two-thread fine-tuning (docs/transfer_notes.md).
+Each chain writes only its own folders; the one process that runs them keeps ``timings.json``.
 """
 from __future__ import annotations
 
@@ -23,7 +29,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -34,6 +42,7 @@ from twist.engine.machine_speed import bare_resnet18_rate
 
 SCENES_DONE = "scenes.json"
 TIMINGS = "timings.json"
+WALL = "wall.json"
 
 
 class TransferError(RuntimeError):
@@ -80,12 +89,24 @@ class Benchmark:
     supervised_overrides: list[str]
     initialisations: list[Initialisation]
     protocols: list[Protocol]
+    default_protocols: list[str]   # the names a run without --protocols runs
+
+    def chosen(self, names: list[str] | None, where: str = "--protocols") -> list[Protocol]:
+        """The protocols ``names`` gives (the config's ``default_protocols`` when None), in the config's order."""
+        names = self.default_protocols if names is None else names
+        known = {p.name for p in self.protocols}
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise TransferError(f"{where}: expected some of the config's protocols {sorted(known)}, not "
+                                f"{unknown or names}")
+        return [p for p in self.protocols if p.name in names]
 
 
 SEGMENTATION_COLUMNS = ("mIoU", "mAcc", "aAcc")
 DETECTION_COLUMNS = ("bbox/AP", "bbox/AP50", "bbox/AP75")
 ENGINE_COLUMNS = {"mmseg": (SEGMENTATION_COLUMNS, "mIoU"), "detectron2": (DETECTION_COLUMNS, "bbox/AP50")}
-TOP_KEYS = {"scenes", "trials", "pretrain_overrides", "supervised_overrides", "initialisations", "protocols"}
+TOP_KEYS = {"scenes", "trials", "pretrain_overrides", "supervised_overrides", "initialisations", "protocols",
+            "default_protocols"}
 PROTOCOL_KEYS = {"title", "engine", "config", "overrides"}
 
 
@@ -146,10 +167,15 @@ def load_benchmark(path: str) -> Benchmark:
     if not isinstance(raw["trials"], int) or raw["trials"] < 2:
         raise TransferError(f"{path}: trials must be an integer of at least 2 (a spread needs two), not "
                             f"{raw['trials']!r}")
-    return Benchmark(raw["scenes"], raw["trials"], list(override_words(f"{path}: pretrain_overrides",
-                                                                       raw["pretrain_overrides"])),
-                     list(override_words(f"{path}: supervised_overrides", raw["supervised_overrides"])), inits,
-                     load_protocols(path, raw["protocols"]))
+    defaults = raw["default_protocols"]
+    if not isinstance(defaults, list):
+        raise TransferError(f"{path}: default_protocols must list the protocols a plain run runs, not {defaults!r}")
+    bench = Benchmark(raw["scenes"], raw["trials"], list(override_words(f"{path}: pretrain_overrides",
+                                                                        raw["pretrain_overrides"])),
+                      list(override_words(f"{path}: supervised_overrides", raw["supervised_overrides"])), inits,
+                      load_protocols(path, raw["protocols"]), [str(name) for name in defaults])
+    bench.chosen(None, f"{path}: default_protocols")
+    return bench
 
 
 def detectron2_available() -> bool:
@@ -170,8 +196,10 @@ class Runner:
 
     output_dir: str
     echo: Callable[[str], None] = print
+    threads: int | None = None   # each command's OMP_NUM_THREADS (None: the environment's)
 
     timings: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # chains run side by side call run()
 
     def __post_init__(self):
         if os.path.isfile(self.timings_path):
@@ -186,15 +214,18 @@ class Runner:
         log_path = os.path.join(self.output_dir, "logs", log_name)
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         self.echo(f"{what}: {' '.join(cmd)}")
+        threads = {} if self.threads is None else {"OMP_NUM_THREADS": str(self.threads),
+                                                   "MKL_NUM_THREADS": str(self.threads)}
         start = time.perf_counter()
         with open(log_path, "ab") as log:
             code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                  env={**os.environ, **(env or {})}).returncode
-        # added up: a step that a later invocation resumes (or finds done) costs what every invocation spent on it
-        self.timings[what] = self.timings.get(what, 0.0) + time.perf_counter() - start
-        if code != 0:
-            raise TransferError(f"{what} failed with exit code {code}; see {log_path}")
-        atomic_write(self.timings_path, lambda f: json.dump(self.timings, f, indent=2), binary=False)
+                                  env={**os.environ, **threads, **(env or {})}).returncode
+        with self.lock:
+            # added up: a step that a later invocation resumes (or finds done) costs what every invocation spent on it
+            self.timings[what] = self.timings.get(what, 0.0) + time.perf_counter() - start
+            if code != 0:
+                raise TransferError(f"{what} failed with exit code {code}; see {log_path}")
+            atomic_write(self.timings_path, lambda f: json.dump(self.timings, f, indent=2), binary=False)
         self.echo(f"{what}: done in {time.perf_counter() - start:.0f} s")
 
 
@@ -263,6 +294,10 @@ def run_trials(init: Initialisation, weights: str | None, protocol: Protocol, be
     """The trials of one initialisation under one protocol; returns their folder (holding summary.json)."""
     task, engine = protocol.name, protocol.engine
     out = os.path.join(runner.output_dir, task, init.name)
+    if os.path.isfile(os.path.join(out, "summary.json")):
+        done = read_summary(out)
+        if done["num_trials"] == done["num_succeeded"] == bench.trials:
+            return out  # every trial done: a rerun retries only failed or missing ones, so there is nothing to run
     cmd = [sys.executable, "-m", "twist.cli.trials", "run", "--engine", engine, "--config", protocol.config,
            "--trials", str(bench.trials), "--output-dir", out]
     cmd += ["--scratch"] if weights is None else ["--weights", weights]
@@ -302,7 +337,7 @@ def row_cells(summary: dict[str, Any], columns: tuple[str, ...]) -> list[str]:
     return cells
 
 
-def machine_description() -> str:
+def machine_description(jobs: int, threads: int | None) -> str:
     import platform
 
     import torch
@@ -312,7 +347,9 @@ def machine_description() -> str:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
         model = names[0] if names else model
-    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} on {torch.get_num_threads()} threads, "
+    how = (f"{jobs} jobs side by side at {threads} thread{'s' if threads != 1 else ''} each" if jobs > 1
+           else f"{threads or torch.get_num_threads()} threads")
+    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} on {how}, "
             f"Python {platform.python_version()}")
 
 
@@ -336,21 +373,21 @@ def bar_chart(rows: list[tuple[str, dict[str, Any]]], metric: str, title: str, p
     plt.close(fig)
 
 
-def write_report(bench: Benchmark, results: dict[str, list[tuple[str, dict[str, Any]]]], out_dir: str,
-                 command: str, machine: str, rate: float, minutes: float, doc: str | None,
+def write_report(bench: Benchmark, protocols: list[Protocol], results: dict[str, list[tuple[str, dict[str, Any]]]],
+                 out_dir: str, command: str, machine: str, rate: float, took: str, doc: str | None,
                  pending: list[str] = ()) -> str:
     """``OUT/transfer.md`` (and ``doc``): the table, the chart, the command and the machine, and the
     initialisations not run yet, if any."""
     lines = ["# Transfer in miniature: digit scenes", "",
              f"Mean ± sample standard deviation over {bench.trials} trials per initialisation "
              f"({bench.scenes['train']} train and {bench.scenes['val']} val scenes). Written by", "",
-             f"    {command}", "", f"on {machine} (bare ResNet-18 training at 64 px: {rate:.0f} images/s), "
-             f"in {minutes:.0f} minutes (its steps' times, summed over every invocation).", ""]
+             f"    {command}", "",
+             f"on {machine} (bare ResNet-18 training at 64 px: {rate:.0f} images/s), in {took}.", ""]
     if pending:
         lines += [f"**Not finished yet:** {', '.join(pending)} (the command above, without --report-only, "
                   "continues where the run stopped).", ""]
     charts = []
-    for protocol in bench.protocols:
+    for protocol in protocols:
         rows = results.get(protocol.name)
         if rows is None:
             lines += [f"## {protocol.title}", "", "Not run: Detectron2 is not installed.", ""]
@@ -376,39 +413,105 @@ def write_report(bench: Benchmark, results: dict[str, list[tuple[str, dict[str, 
     return report
 
 
+def how_long(timings: dict[str, float], walls: list[float]) -> str:
+    """The report's account of the time: wall-clock per invocation that ran a step, and the steps' sum."""
+    steps = f"its steps' times summed: {sum(timings.values()) / 60:.0f} minutes"
+    if not walls:
+        return f"no invocation that ran a step ({steps})"
+    spread = "1 invocation" if len(walls) == 1 else f"{len(walls)} invocations: " + " + ".join(
+        f"{w / 60:.0f}" for w in walls)
+    return f"{sum(walls) / 60:.0f} minutes of wall-clock time ({spread}; {steps})"
+
+
+def run_chain(init: Initialisation, bench: Benchmark, protocols: list[Protocol], runner: Runner,
+              scenes: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One initialisation's pretraining, conversions and trials: its summary per protocol."""
+    checkpoint = pretrain(init, bench, runner)
+    summaries = {}
+    for protocol in protocols:
+        weights = convert(init, checkpoint, protocol.engine, runner)
+        summaries[protocol.name] = read_summary(run_trials(init, weights, protocol, bench, runner, scenes))
+    return summaries
+
+
+def run_chains(bench: Benchmark, protocols: list[Protocol], runner: Runner, scenes: dict[str, Any],
+               jobs: int) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every initialisation's chain, ``jobs`` at a time. When one fails, none is started after it, the
+    running ones finish, and the first failure is raised (any other is echoed)."""
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run_chain, init, bench, protocols, runner, scenes): init.name
+                   for init in bench.initialisations}
+        done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if f.exception() is not None]
+        if failed:
+            for future in not_done:
+                future.cancel()
+            wait(not_done)
+            failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+            for future in failed[1:]:
+                runner.echo(f"also failed: {future.exception()}")
+            raise failed[0].exception()
+    return {name: future.result() for future, name in futures.items()}
+
+
 def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Callable[[str], None] = print,
-                  command: str = "", report_only: bool = False) -> str:
-    """Every step of the module doc; returns the report's path. ``report_only``: run nothing, and report
-    the initialisations whose trials have finished, naming the others as not run yet."""
+                  command: str = "", report_only: bool = False, protocols: list[str] | None = None,
+                  jobs: int = 1) -> str:
+    """Every step of the module doc; returns the report's path. ``protocols``: the names to run (the
+    config's ``default_protocols`` when None); ``jobs``: initialisations run side by side.
+    ``report_only``: run nothing, and report the initialisations whose trials have finished, naming
+    the others as not run yet."""
     bench = load_benchmark(config)
+    chosen = bench.chosen(protocols)
+    if jobs < 1:
+        raise TransferError(f"--jobs must be at least 1, not {jobs}")
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     os.makedirs(output_dir, exist_ok=True)
-    runner = Runner(output_dir, echo)
+    start = time.perf_counter()
+    runner = Runner(output_dir, echo, threads)
     rate = bare_resnet18_rate(steps=5, batch=8, size=64)
     echo(f"machine: bare ResNet-18 training at 64 px runs at {rate:.0f} images/s here")
     scenes = make_scenes(bench, os.path.join(output_dir, "data"), echo)
-    protocols = [p for p in bench.protocols if p.engine != "detectron2" or detectron2_available()]
-    if len(protocols) < len(bench.protocols):
+    runnable = [p for p in chosen if p.engine != "detectron2" or detectron2_available()]
+    if len(runnable) < len(chosen):
         echo("detection: skipped, Detectron2 is not installed (see the README's detection section)")
-    tasks = [p.name for p in protocols]
+    tasks = [p.name for p in runnable]
     results: dict[str, list[tuple[str, dict[str, Any]]]] = {task: [] for task in tasks}
     pending: list[str] = []
-    for init in bench.initialisations:
-        if report_only:
+    if report_only:
+        for init in bench.initialisations:
             finished = [task for task in tasks
                         if os.path.isfile(os.path.join(output_dir, task, init.name, "summary.json"))]
             if finished != tasks:
                 pending.append(init.name)
             for task in finished:
                 results[task].append((init.name, read_summary(os.path.join(output_dir, task, init.name))))
-            continue
-        checkpoint = pretrain(init, bench, runner)
-        for protocol in protocols:
-            weights = convert(init, checkpoint, protocol.engine, runner)
-            trials_dir = run_trials(init, weights, protocol, bench, runner, scenes)
-            results[protocol.name].append((init.name, read_summary(trials_dir)))
-    minutes = sum(runner.timings.values()) / 60
-    return write_report(bench, results, output_dir, command or f"twist-trials transfer --config {config} "
-                        f"--output-dir {output_dir}", machine_description(), rate, minutes, doc, pending)
+    else:
+        steps_before = dict(runner.timings)
+        try:
+            chains = run_chains(bench, runnable, runner, scenes, jobs)
+        finally:  # an invocation that ran a step (even one that failed) adds its wall-clock time to the run's
+            if runner.timings != steps_before:
+                add_wall_time(output_dir, time.perf_counter() - start)
+        for init in bench.initialisations:
+            for task in tasks:
+                results[task].append((init.name, chains[init.name][task]))
+    return write_report(bench, chosen, results, output_dir, command or f"python -m twist.transfer.benchmark "
+                        f"--config {config} --output-dir {output_dir}", machine_description(jobs, threads), rate,
+                        how_long(runner.timings, read_wall_times(output_dir)), doc, pending)
+
+
+def read_wall_times(output_dir: str) -> list[float]:
+    path = os.path.join(output_dir, WALL)
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def add_wall_time(output_dir: str, seconds: float) -> None:
+    walls = [*read_wall_times(output_dir), seconds]
+    atomic_write(os.path.join(output_dir, WALL), lambda f: json.dump(walls, f), binary=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -420,10 +523,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doc", help="also write the report here (e.g. docs/transfer.md), with its charts beside it")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: report the initialisations whose trials have finished, naming the others")
+    parser.add_argument("--protocols", nargs="+", metavar="NAME",
+                        help="run these of the config's protocols (default: its default_protocols)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="initialisations run side by side, the cores shared out between them (default 1)")
     args = parser.parse_args(argv)
     command = " ".join(["python -m twist.transfer.benchmark", *(argv if argv is not None else sys.argv[1:])])
     try:
-        report = run_benchmark(args.config, args.output_dir, args.doc, command=command, report_only=args.report_only)
+        report = run_benchmark(args.config, args.output_dir, args.doc, command=command, report_only=args.report_only,
+                               protocols=args.protocols, jobs=args.jobs)
     except TransferError as err:
         print(f"transfer: error: {err}", file=sys.stderr)
         return 2

@@ -177,3 +177,22 @@ def test_the_scenes_section_sets_how_scenes_are_drawn(tmp_path):
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(TransferError, match="scenes takes train, val and seed, and optionally"):
         load_benchmark(str(path))
+
+
+def test_a_failed_chain_stops_the_run_and_each_failure_is_named(tmp_path):
+    """Two chains side by side, both failing at their pretraining: the first in the config's order is
+    raised, the other echoed, no trial is run or reported, and the invocation's wall-clock time is kept."""
+    config = yaml.safe_load(open(_toy(tmp_path)))
+    config["initialisations"] = {"barlow_twins": {"pretrain": str(tmp_path / "missing_barlow.yaml")},
+                                 "twist": {"pretrain": str(tmp_path / "missing_twist.yaml")}}
+    path = tmp_path / "failing.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out, lines = tmp_path / "out", []
+    with pytest.raises(TransferError, match=r"^pretrain barlow_twins failed with exit code 2; see "
+                       r".*pretrain_barlow_twins.log$"):
+        run_benchmark(str(path), str(out), echo=lines.append, jobs=2)
+    assert [line for line in lines if line.startswith("also failed")] == [
+        f"also failed: pretrain twist failed with exit code 2; see {out}/logs/pretrain_twist.log"]
+    assert "missing_twist.yaml" in (out / "logs" / "pretrain_twist.log").read_text()
+    assert not (out / "segmentation").exists() and not (out / "transfer.md").exists()
+    assert len(json.loads((out / "wall.json").read_text())) == 1

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from twist.engine.checkpoint import load_weights_only, read_torch_file
-from twist.transfer.benchmark import TransferError, load_benchmark, run_benchmark
+from twist.transfer.benchmark import TransferError, detectron2_available, load_benchmark, run_benchmark, usable_cores
 
 pytest.importorskip("mmseg", reason="the seg extra (mmsegmentation on mmcv-lite) is not installed")
 
@@ -55,7 +55,8 @@ def test_the_whole_chain_at_toy_size(tmp_path):
                            jobs=2)
     text = open(report).read()
     assert not (out / "unused").exists() and "Not in default_protocols" not in text
-    assert "2 jobs side by side at 1 thread each" in text
+    threads = max(1, usable_cores() // 2)
+    assert f"2 jobs side by side at {threads} thread{'s' if threads > 1 else ''} each" in text
     assert text == (tmp_path / "transfer.md").read_text()
     for chart in ("transfer_segmentation.png", "transfer_frozen_segmentation.png"):
         assert (tmp_path / chart).is_file(), chart
@@ -95,25 +96,30 @@ def test_the_whole_chain_at_toy_size(tmp_path):
     timings = json.loads((out / "timings.json").read_text())
     assert {"pretrain twist", "convert twist to mmseg", "segmentation twist", "segmentation random"} <= set(timings)
     walls = json.loads((out / "wall.json").read_text())
-    assert len(walls) == 1 and walls[0] > max(timings.values())
-    assert (f"in {walls[0] / 60:.0f} minutes of wall-clock time (1 invocation; its steps' times summed: "
-            f"{sum(timings.values()) / 60:.0f} minutes)") in text
-    # A second call finds every step done, writes the same table and adds no wall-clock time.
+    ran = ["segmentation", "frozen_segmentation"] + (["detection"] if detectron2_available() else [])
+    assert [(w["jobs"], w["threads"], w["protocols"]) for w in walls] == [(2, threads, ran)]
+    assert walls[0]["seconds"] > max(timings.values())
+    assert (f"in {walls[0]['seconds'] / 60:.0f} minutes of wall-clock time (1 invocation: "
+            f"{walls[0]['seconds'] / 60:.0f} minutes, 2 jobs side by side") in text
+    assert f"; its steps' times summed: {sum(timings.values()) / 60:.0f} minutes)" in text
+    # A second call finds every trial done (twist-trials skips them) and writes the same table.
     again = run_benchmark(_toy(tmp_path), str(out), echo=lambda line: None)
     assert open(again).read().split("## Segmentation")[1] == text.split("## Segmentation")[1]
-    assert json.loads((out / "wall.json").read_text()) == walls
-    # --protocols runs another of the config's protocols into the same folder, beside the others.
+    assert len(json.loads((out / "wall.json").read_text())) == 2
+    # --protocols runs another of the config's protocols into the same folder; the report keeps the others.
     only = open(run_benchmark(_toy(tmp_path), str(out), echo=lambda line: None, protocols=["unused"])).read()
-    assert "Not in default_protocols" in only and "backbone frozen" not in only
+    assert "Not in default_protocols" in only and only.split("## Segmentation, backbone fine-tuned")[1].split(
+        "## ")[0] == text.split("## Segmentation, backbone fine-tuned")[1].split("## ")[0]
     assert json.loads((out / "unused" / "random" / "summary.json").read_text())["num_succeeded"] == 2
-    assert "2 invocations: " in only
+    assert "(3 invocations: " in only and "running unused;" in only
     # --report-only runs nothing: an initialisation without trials is named, not averaged or started.
     config = yaml.safe_load(open(_toy(tmp_path)))
     config["initialisations"]["wmse"] = {"pretrain": "configs/demo/digits_wmse.yaml"}
     (tmp_path / "more.yaml").write_text(yaml.safe_dump(config))
     partial = open(run_benchmark(str(tmp_path / "more.yaml"), str(out), echo=lambda line: None,
                                  report_only=True)).read()
-    assert "**Not finished yet:** wmse" in partial and "| twist |" in partial and "| wmse |" not in partial
+    assert ("**Not finished yet:** segmentation: wmse; frozen_segmentation: wmse; unused: wmse" in partial
+            and "| twist |" in partial and "| wmse |" not in partial)
     assert not (out / "pretrain" / "wmse").exists()
 
 
@@ -158,6 +164,11 @@ def test_a_benchmark_config_with_a_wrong_key_is_named(tmp_path):
     with pytest.raises(TransferError, match="--jobs must be at least 1, not 0"):
         run_benchmark(str(path), str(tmp_path / "never"), echo=lambda line: None, jobs=0)
     assert not (tmp_path / "never").exists()
+    config["default_protocols"] = "segmentation"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(TransferError, match="default_protocols must list the protocols a plain run runs, not "
+                       "'segmentation'"):
+        load_benchmark(str(path))
     config.pop("trials")
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(TransferError, match="expected the keys"):
@@ -180,19 +191,52 @@ def test_the_scenes_section_sets_how_scenes_are_drawn(tmp_path):
 
 
 def test_a_failed_chain_stops_the_run_and_each_failure_is_named(tmp_path):
-    """Two chains side by side, both failing at their pretraining: the first in the config's order is
-    raised, the other echoed, no trial is run or reported, and the invocation's wall-clock time is kept."""
+    """Two chains side by side fail at their pretraining: the first in the config's order is raised, the
+    other echoed; the queued chain starts no step, and the invocation's wall-clock time is kept."""
+    config = yaml.safe_load(open(_toy(tmp_path)))
+    config["initialisations"] = {"barlow_twins": {"pretrain": str(tmp_path / "missing_barlow.yaml")},
+                                 "random": {}, "twist": {"pretrain": str(tmp_path / "missing_twist.yaml")}}
+    path = tmp_path / "failing.yaml"
+    path.write_text(yaml.safe_dump(config))  # sorted: barlow_twins and random run first, twist is queued
+    out, lines = tmp_path / "out", []
+    with pytest.raises(TransferError, match=r"^pretrain barlow_twins failed with exit code 2; see "
+                       r".*pretrain_barlow_twins.log$"):
+        run_benchmark(str(path), str(out), echo=lines.append, jobs=2)
+    assert "missing_barlow.yaml" in (out / "logs" / "pretrain_barlow_twins.log").read_text()
+    assert not (out / "logs" / "pretrain_twist.log").exists()  # queued behind the failure: never started
+    stopped = [line for line in lines if line.startswith("stopped before their next step")]
+    assert stopped[0].startswith("stopped before their next step: ") and "twist" in stopped[0]
+    assert not (out / "transfer.md").exists()
+    assert len(json.loads((out / "wall.json").read_text())) == 1
+
+
+def test_two_failures_side_by_side_are_both_named(tmp_path):
     config = yaml.safe_load(open(_toy(tmp_path)))
     config["initialisations"] = {"barlow_twins": {"pretrain": str(tmp_path / "missing_barlow.yaml")},
                                  "twist": {"pretrain": str(tmp_path / "missing_twist.yaml")}}
     path = tmp_path / "failing.yaml"
     path.write_text(yaml.safe_dump(config))
-    out, lines = tmp_path / "out", []
-    with pytest.raises(TransferError, match=r"^pretrain barlow_twins failed with exit code 2; see "
-                       r".*pretrain_barlow_twins.log$"):
-        run_benchmark(str(path), str(out), echo=lines.append, jobs=2)
-    assert [line for line in lines if line.startswith("also failed")] == [
-        f"also failed: pretrain twist failed with exit code 2; see {out}/logs/pretrain_twist.log"]
-    assert "missing_twist.yaml" in (out / "logs" / "pretrain_twist.log").read_text()
-    assert not (out / "segmentation").exists() and not (out / "transfer.md").exists()
-    assert len(json.loads((out / "wall.json").read_text())) == 1
+    lines = []
+    with pytest.raises(TransferError, match=r"^pretrain barlow_twins failed"):
+        run_benchmark(str(path), str(tmp_path / "out"), echo=lines.append, jobs=2)
+    out = tmp_path / "out"
+    assert f"also failed: pretrain twist failed with exit code 2; see {out}/logs/pretrain_twist.log" in lines
+
+
+def test_an_output_folder_in_use_or_with_a_bad_record_is_refused(tmp_path):
+    from twist.engine.run_lock import RunLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = RunLock.acquire(str(out))
+    try:
+        with pytest.raises(TransferError, match=f"^'{out}' is in use by another benchmark"):
+            run_benchmark(_toy(tmp_path), str(out), echo=lambda line: None)
+    finally:
+        lock.release()
+    (out / "wall.json").write_text('{"seconds": 3}')
+    with pytest.raises(TransferError, match=r"wall.json' holds a dict, expected a list: remove it"):
+        run_benchmark(_toy(tmp_path), str(out), echo=lambda line: None, report_only=True)
+    (out / "wall.json").write_text("[")
+    with pytest.raises(TransferError, match=r"wall.json' cannot be read"):
+        run_benchmark(_toy(tmp_path), str(out), echo=lambda line: None, report_only=True)

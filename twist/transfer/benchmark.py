@@ -1,7 +1,7 @@
 """The transfer benchmark in miniature: from nothing to a table of five-trial means, in one command.
 
     python -m twist.transfer.benchmark --config configs/transfer/digit_scenes.yaml --output-dir runs/transfer \
-        --doc docs/transfer.md
+        --doc docs/transfer.md --jobs 2
 
 Each step runs the project's own command line, as a user would, and is skipped when its output is
 already there, so an interrupted run continues where it stopped:
@@ -10,18 +10,22 @@ already there, so an interrupted run continues where it stopped:
 2. per initialisation, its pretraining (``twist-train``, or ``twist-eval semisup --random-init`` for
    the supervised one) under ``OUT/pretrain/<name>``;
 3. its conversion (``twist-convert --to mmseg`` / ``--to detectron2``) under ``OUT/weights``;
-4. the trials (``twist-trials run``, ``--scratch`` for the random initialisation) of each protocol
-   the config's ``default_protocols`` names (or ``--protocols``) under ``OUT/<protocol>/<name>``; a
-   protocol of the ``detectron2`` engine runs only when Detectron2 is installed, and the report says
-   so when not;
-5. the report: every initialisation's mean ± sample std over its trials, a bar chart with error
-   bars, the command and the machine, written to ``OUT/transfer.md`` (and ``--doc``). An
+4. the trials (``twist-trials run``, ``--scratch`` for the random initialisation, which itself skips
+   the finished trials and refuses a setup other than the one they ran) of each protocol that the
+   config's ``default_protocols`` (or ``--protocols``) names, under ``OUT/<protocol>/<name>``; a
+   protocol of the ``detectron2`` engine runs only when Detectron2 is installed, and the report
+   says so when not;
+5. the report: per protocol (those run, and any other with trials in OUT), every initialisation's
+   mean ± sample std over its trials, a bar chart with error bars, the command, the machine and the
+   wall-clock time of every invocation, written to ``OUT/transfer.md`` (and ``--doc``). An
    initialisation with a failed trial is reported as failed, never averaged over fewer trials.
 
-With ``--jobs N`` the initialisations' chains (steps 2 to 4) run N at a time, each step's command
-with the machine's cores shared out (``OMP_NUM_THREADS``): on a 2-core machine two one-thread
-fine-tunings at 64 px get through 1.25x the images of one two-thread fine-tuning (docs/transfer_notes.md).
-Each chain writes only its own folders; the one process that runs them keeps ``timings.json``.
+With ``--jobs N`` the initialisations' chains (steps 2 to 4) run N at a time, the cores shared out
+between them (each command's ``OMP_NUM_THREADS``): on a 2-core machine, two one-thread fine-tunings
+at 64 px get through 1.25x the images of one two-thread fine-tuning (docs/transfer_notes.md,
+section 6). Each chain writes its own files (its folders, logs and weights); the one process that
+runs them keeps ``timings.json`` and ``wall.json``, and holds OUT's lock. On a GPU machine the chains
+share the device. When a chain fails, no step starts after it.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -186,31 +190,57 @@ def detectron2_available() -> bool:
     return True
 
 
+class ChainStopped(Exception):
+    """A step not started because another initialisation's chain failed (or the run was interrupted)."""
+
+
+def read_json(path: str, kind: type, default: Any) -> Any:
+    """A bookkeeping file of OUT (``default`` when absent), refused in one line when it is not ``kind``."""
+    if not os.path.isfile(path):
+        return default
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError) as err:
+        raise TransferError(f"'{path}' cannot be read ({err}): remove it, or use another --output-dir") from None
+    if not isinstance(value, kind):
+        raise TransferError(f"'{path}' holds a {type(value).__name__}, expected a {kind.__name__}: remove it, or "
+                            "use another --output-dir")
+    return value
+
+
 @dataclass
 class Runner:
     """Runs the steps' commands, each logged to its own file, and stops the benchmark when one fails.
 
-    Each finished step's time is added to ``OUT/timings.json`` at once, so that a benchmark run over
-    several invocations still reports what all of its steps took.
+    Each finished step's time is added to ``OUT/timings.json`` at once, and this invocation's wall-clock
+    time so far to ``OUT/wall.json`` (one entry per invocation that ran a step, with its jobs, threads
+    and protocols), so that a run over several invocations, killed ones included, reports what it took.
     """
 
     output_dir: str
     echo: Callable[[str], None] = print
     threads: int | None = None   # each command's OMP_NUM_THREADS (None: the environment's)
+    invocation: dict[str, Any] = field(default_factory=dict)  # this one's jobs, threads and protocols
 
     timings: dict[str, float] = field(default_factory=dict)
+    walls: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)  # chains run side by side call run()
+    stop: threading.Event = field(default_factory=threading.Event)  # set: no further step starts
+    started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self):
-        if os.path.isfile(self.timings_path):
-            with open(self.timings_path, encoding="utf-8") as f:
-                self.timings = json.load(f)
+        self.timings = read_json(self.timings_path, dict, {})
+        self.walls = read_json(os.path.join(self.output_dir, WALL), list, [])
+        self.first_new_wall = len(self.walls)
 
     @property
     def timings_path(self) -> str:
         return os.path.join(self.output_dir, TIMINGS)
 
     def run(self, what: str, cmd: list[str], log_name: str, env: dict[str, str] | None = None) -> None:
+        if self.stop.is_set():
+            raise ChainStopped(what)
         log_path = os.path.join(self.output_dir, "logs", log_name)
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         self.echo(f"{what}: {' '.join(cmd)}")
@@ -223,10 +253,18 @@ class Runner:
         with self.lock:
             # added up: a step that a later invocation resumes (or finds done) costs what every invocation spent on it
             self.timings[what] = self.timings.get(what, 0.0) + time.perf_counter() - start
-            if code != 0:
-                raise TransferError(f"{what} failed with exit code {code}; see {log_path}")
             atomic_write(self.timings_path, lambda f: json.dump(self.timings, f, indent=2), binary=False)
+            self.record_wall_time()
+        if code != 0:
+            raise TransferError(f"{what} failed with exit code {code}; see {log_path}")
         self.echo(f"{what}: done in {time.perf_counter() - start:.0f} s")
+
+    def record_wall_time(self) -> None:
+        """This invocation's entry of ``wall.json``: its wall-clock time so far (called under the lock)."""
+        entry = {**self.invocation, "seconds": round(time.perf_counter() - self.started, 1)}
+        self.walls[self.first_new_wall:] = [entry]
+        walls = list(self.walls)
+        atomic_write(os.path.join(self.output_dir, WALL), lambda f: json.dump(walls, f, indent=2), binary=False)
 
 
 def scene_spec(scenes: dict[str, Any]):
@@ -294,10 +332,6 @@ def run_trials(init: Initialisation, weights: str | None, protocol: Protocol, be
     """The trials of one initialisation under one protocol; returns their folder (holding summary.json)."""
     task, engine = protocol.name, protocol.engine
     out = os.path.join(runner.output_dir, task, init.name)
-    if os.path.isfile(os.path.join(out, "summary.json")):
-        done = read_summary(out)
-        if done["num_trials"] == done["num_succeeded"] == bench.trials:
-            return out  # every trial done: a rerun retries only failed or missing ones, so there is nothing to run
     cmd = [sys.executable, "-m", "twist.cli.trials", "run", "--engine", engine, "--config", protocol.config,
            "--trials", str(bench.trials), "--output-dir", out]
     cmd += ["--scratch"] if weights is None else ["--weights", weights]
@@ -337,7 +371,7 @@ def row_cells(summary: dict[str, Any], columns: tuple[str, ...]) -> list[str]:
     return cells
 
 
-def machine_description(jobs: int, threads: int | None) -> str:
+def machine_description() -> str:
     import platform
 
     import torch
@@ -347,10 +381,15 @@ def machine_description(jobs: int, threads: int | None) -> str:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
         model = names[0] if names else model
-    how = (f"{jobs} jobs side by side at {threads} thread{'s' if threads != 1 else ''} each" if jobs > 1
-           else f"{threads or torch.get_num_threads()} threads")
-    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} on {how}, "
-            f"Python {platform.python_version()}")
+    return f"{model}, {usable_cores()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which a scheduler's cgroup sets), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def bar_chart(rows: list[tuple[str, dict[str, Any]]], metric: str, title: str, path: str) -> None:
@@ -373,34 +412,49 @@ def bar_chart(rows: list[tuple[str, dict[str, Any]]], metric: str, title: str, p
     plt.close(fig)
 
 
-def write_report(bench: Benchmark, protocols: list[Protocol], results: dict[str, list[tuple[str, dict[str, Any]]]],
-                 out_dir: str, command: str, machine: str, rate: float, took: str, doc: str | None,
-                 pending: list[str] = ()) -> str:
-    """``OUT/transfer.md`` (and ``doc``): the table, the chart, the command and the machine, and the
-    initialisations not run yet, if any."""
+def reported_protocols(bench: Benchmark, chosen: list[Protocol], output_dir: str) -> list[Protocol]:
+    """The report's protocols: those this invocation ran, and any other of the config's with trials in
+    ``output_dir`` (so a diagnostic run beside the default one adds its table, and takes none away)."""
+    def has_trials(protocol: Protocol) -> bool:
+        return any(os.path.isfile(os.path.join(output_dir, protocol.name, init.name, "summary.json"))
+                   for init in bench.initialisations)
+
+    return [p for p in bench.protocols if p in chosen or has_trials(p)]
+
+
+def write_report(bench: Benchmark, protocols: list[Protocol], out_dir: str, command: str, machine: str, rate: float,
+                 took: str, doc: str | None) -> str:
+    """``OUT/transfer.md`` (and ``doc``): a table and chart per protocol of the initialisations whose
+    trials have finished, the initialisations not finished yet, the command, the machine and the time."""
     lines = ["# Transfer in miniature: digit scenes", "",
              f"Mean ± sample standard deviation over {bench.trials} trials per initialisation "
              f"({bench.scenes['train']} train and {bench.scenes['val']} val scenes). Written by", "",
              f"    {command}", "",
              f"on {machine} (bare ResNet-18 training at 64 px: {rate:.0f} images/s), in {took}.", ""]
-    if pending:
-        lines += [f"**Not finished yet:** {', '.join(pending)} (the command above, without --report-only, "
-                  "continues where the run stopped).", ""]
-    charts = []
+    charts, pending = [], []
+    body: list[str] = []
     for protocol in protocols:
-        rows = results.get(protocol.name)
-        if rows is None:
-            lines += [f"## {protocol.title}", "", "Not run: Detectron2 is not installed.", ""]
+        rows = [(init.name, read_summary(os.path.join(out_dir, protocol.name, init.name)))
+                for init in bench.initialisations
+                if os.path.isfile(os.path.join(out_dir, protocol.name, init.name, "summary.json"))]
+        missing = [init.name for init in bench.initialisations if init.name not in dict(rows)]
+        if not rows and protocol.engine == "detectron2" and not detectron2_available():
+            body += [f"## {protocol.title}", "", "Not run: Detectron2 is not installed.", ""]
             continue
+        if missing:
+            pending.append(f"{protocol.name}: {', '.join(missing)}")
         columns = protocol.columns
-        lines += [f"## {protocol.title} ({protocol.config})", "",
-                  "| initialisation | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-        lines += [f"| {name} | " + " | ".join(row_cells(summary, columns)) + " |" for name, summary in rows]
+        body += [f"## {protocol.title} ({protocol.config})", "",
+                 "| initialisation | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+        body += [f"| {name} | " + " | ".join(row_cells(summary, columns)) + " |" for name, summary in rows]
         chart = f"transfer_{protocol.name}.png"
         bar_chart(rows, protocol.metric, protocol.title, os.path.join(out_dir, chart))
         charts.append(chart)
-        lines += ["", f"![{protocol.metric} per initialisation]({chart})", ""]
-    text = "\n".join(lines) + "\n"
+        body += ["", f"![{protocol.metric} per initialisation]({chart})", ""]
+    if pending:
+        lines += [f"**Not finished yet:** {'; '.join(pending)} (the command above, without --report-only, "
+                  "continues where the run stopped).", ""]
+    text = "\n".join(lines + body) + "\n"
     report = os.path.join(out_dir, "transfer.md")
     atomic_write(report, lambda f: f.write(text), binary=False)
     if doc:
@@ -413,45 +467,62 @@ def write_report(bench: Benchmark, protocols: list[Protocol], results: dict[str,
     return report
 
 
-def how_long(timings: dict[str, float], walls: list[float]) -> str:
+def describe_invocation(entry: dict[str, Any]) -> str:
+    jobs, threads = entry["jobs"], entry["threads"]
+    how = (f"{jobs} jobs side by side at {threads} thread{'s' if threads != 1 else ''} each" if jobs > 1
+           else f"1 job at {threads} thread{'s' if threads != 1 else ''}")
+    return f"{entry['seconds'] / 60:.0f} minutes, {how}, running {', '.join(entry['protocols'])}"
+
+
+def how_long(timings: dict[str, float], walls: list[dict[str, Any]]) -> str:
     """The report's account of the time: wall-clock per invocation that ran a step, and the steps' sum."""
     steps = f"its steps' times summed: {sum(timings.values()) / 60:.0f} minutes"
     if not walls:
         return f"no invocation that ran a step ({steps})"
-    spread = "1 invocation" if len(walls) == 1 else f"{len(walls)} invocations: " + " + ".join(
-        f"{w / 60:.0f}" for w in walls)
-    return f"{sum(walls) / 60:.0f} minutes of wall-clock time ({spread}; {steps})"
+    count = "1 invocation" if len(walls) == 1 else f"{len(walls)} invocations"
+    return (f"{sum(w['seconds'] for w in walls) / 60:.0f} minutes of wall-clock time ({count}: "
+            + "; ".join(describe_invocation(w) for w in walls) + f"; {steps})")
 
 
 def run_chain(init: Initialisation, bench: Benchmark, protocols: list[Protocol], runner: Runner,
-              scenes: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """One initialisation's pretraining, conversions and trials: its summary per protocol."""
-    checkpoint = pretrain(init, bench, runner)
-    summaries = {}
-    for protocol in protocols:
-        weights = convert(init, checkpoint, protocol.engine, runner)
-        summaries[protocol.name] = read_summary(run_trials(init, weights, protocol, bench, runner, scenes))
-    return summaries
+              scenes: dict[str, Any]) -> None:
+    """One initialisation's pretraining, conversions and trials; a failure stops every chain's next step."""
+    try:
+        checkpoint = pretrain(init, bench, runner)
+        for protocol in protocols:
+            weights = convert(init, checkpoint, protocol.engine, runner)
+            read_summary(run_trials(init, weights, protocol, bench, runner, scenes))
+    except ChainStopped:
+        raise
+    except BaseException:
+        runner.stop.set()
+        raise
 
 
 def run_chains(bench: Benchmark, protocols: list[Protocol], runner: Runner, scenes: dict[str, Any],
-               jobs: int) -> dict[str, dict[str, dict[str, Any]]]:
-    """Every initialisation's chain, ``jobs`` at a time. When one fails, none is started after it, the
-    running ones finish, and the first failure is raised (any other is echoed)."""
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(run_chain, init, bench, protocols, runner, scenes): init.name
-                   for init in bench.initialisations}
-        done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in done if f.exception() is not None]
-        if failed:
-            for future in not_done:
-                future.cancel()
-            wait(not_done)
-            failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
-            for future in failed[1:]:
-                runner.echo(f"also failed: {future.exception()}")
-            raise failed[0].exception()
-    return {name: future.result() for future, name in futures.items()}
+               jobs: int) -> None:
+    """Every initialisation's chain, ``jobs`` at a time. When one fails, the running ones finish their
+    current step and no step starts after it; the first failure in the config's order is raised, the
+    others echoed, and the chains that stopped early are named."""
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    futures = {pool.submit(run_chain, init, bench, protocols, runner, scenes): init.name
+               for init in bench.initialisations}
+    try:
+        wait(futures)
+    except BaseException:  # an interrupt: start nothing more, and let the running steps end (they got it too)
+        runner.stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    errors = [(name, f.exception()) for f, name in futures.items() if f.exception() is not None]
+    failures = [err for name, err in errors if not isinstance(err, ChainStopped)]
+    stopped = [name for name, err in errors if isinstance(err, ChainStopped)]
+    if failures:
+        for err in failures[1:]:
+            runner.echo(f"also failed: {err}")
+        if stopped:
+            runner.echo(f"stopped before their next step: {', '.join(stopped)} (rerun to resume)")
+        raise failures[0]
 
 
 def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Callable[[str], None] = print,
@@ -461,57 +532,41 @@ def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Ca
     config's ``default_protocols`` when None); ``jobs``: initialisations run side by side.
     ``report_only``: run nothing, and report the initialisations whose trials have finished, naming
     the others as not run yet."""
+    from twist.engine.run_lock import RunFolderLocked, RunLock
+
     bench = load_benchmark(config)
     chosen = bench.chosen(protocols)
     if jobs < 1:
         raise TransferError(f"--jobs must be at least 1, not {jobs}")
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    cores = usable_cores()
+    side_by_side = min(jobs, len(bench.initialisations))
+    threads = max(1, cores // side_by_side) if jobs > 1 else None
+    if side_by_side > cores:
+        echo(f"--jobs {jobs} on {cores} cores: each job gets one thread, and they share the cores")
     os.makedirs(output_dir, exist_ok=True)
-    start = time.perf_counter()
-    runner = Runner(output_dir, echo, threads)
-    rate = bare_resnet18_rate(steps=5, batch=8, size=64)
-    echo(f"machine: bare ResNet-18 training at 64 px runs at {rate:.0f} images/s here")
-    scenes = make_scenes(bench, os.path.join(output_dir, "data"), echo)
-    runnable = [p for p in chosen if p.engine != "detectron2" or detectron2_available()]
-    if len(runnable) < len(chosen):
-        echo("detection: skipped, Detectron2 is not installed (see the README's detection section)")
-    tasks = [p.name for p in runnable]
-    results: dict[str, list[tuple[str, dict[str, Any]]]] = {task: [] for task in tasks}
-    pending: list[str] = []
-    if report_only:
-        for init in bench.initialisations:
-            finished = [task for task in tasks
-                        if os.path.isfile(os.path.join(output_dir, task, init.name, "summary.json"))]
-            if finished != tasks:
-                pending.append(init.name)
-            for task in finished:
-                results[task].append((init.name, read_summary(os.path.join(output_dir, task, init.name))))
-    else:
-        steps_before = dict(runner.timings)
-        try:
-            chains = run_chains(bench, runnable, runner, scenes, jobs)
-        finally:  # an invocation that ran a step (even one that failed) adds its wall-clock time to the run's
-            if runner.timings != steps_before:
-                add_wall_time(output_dir, time.perf_counter() - start)
-        for init in bench.initialisations:
-            for task in tasks:
-                results[task].append((init.name, chains[init.name][task]))
-    return write_report(bench, chosen, results, output_dir, command or f"python -m twist.transfer.benchmark "
-                        f"--config {config} --output-dir {output_dir}", machine_description(jobs, threads), rate,
-                        how_long(runner.timings, read_wall_times(output_dir)), doc, pending)
+    try:
+        lock = RunLock.acquire(output_dir)  # one writer per output folder: a second invocation is refused
+    except RunFolderLocked as err:
+        raise TransferError(f"'{output_dir}' is in use by another benchmark: {err}") from None
+    try:
+        import torch
 
-
-def read_wall_times(output_dir: str) -> list[float]:
-    path = os.path.join(output_dir, WALL)
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def add_wall_time(output_dir: str, seconds: float) -> None:
-    walls = [*read_wall_times(output_dir), seconds]
-    atomic_write(os.path.join(output_dir, WALL), lambda f: json.dump(walls, f), binary=False)
+        runnable = [p for p in chosen if p.engine != "detectron2" or detectron2_available()]
+        # without --jobs the commands inherit this process's environment, and so its thread count
+        runner = Runner(output_dir, echo, threads, {"jobs": side_by_side, "threads": threads or torch.get_num_threads(),
+                                                    "protocols": [p.name for p in runnable]})
+        rate = bare_resnet18_rate(steps=5, batch=8, size=64)
+        echo(f"machine: bare ResNet-18 training at 64 px runs at {rate:.0f} images/s here")
+        scenes = make_scenes(bench, os.path.join(output_dir, "data"), echo)
+        if len(runnable) < len(chosen):
+            echo("detection: skipped, Detectron2 is not installed (see the README's detection section)")
+        if not report_only:
+            run_chains(bench, runnable, runner, scenes, jobs)
+        return write_report(bench, reported_protocols(bench, chosen, output_dir), output_dir,
+                            command or f"python -m twist.transfer.benchmark --config {config} --output-dir "
+                            f"{output_dir}", machine_description(), rate, how_long(runner.timings, runner.walls), doc)
+    finally:
+        lock.release()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -237,6 +237,10 @@ def test_an_output_folder_in_use_or_with_a_bad_record_is_refused(tmp_path):
     (out / "wall.json").write_text('{"seconds": 3}')
     with pytest.raises(TransferError, match=r"wall.json' holds a dict, expected a list: remove it"):
         run_benchmark(_toy(tmp_path), str(out), echo=lambda line: None, report_only=True)
+    (out / "wall.json").write_text("[3.5]")
+    with pytest.raises(TransferError, match=r"wall.json': expected each invocation as the keys \['jobs', "
+                       r"'protocols', 'seconds', 'threads'\], found 3.5"):
+        run_benchmark(_toy(tmp_path), str(out), echo=lambda line: None, report_only=True)
     (out / "wall.json").write_text("[")
     with pytest.raises(TransferError, match=r"wall.json' cannot be read"):
         run_benchmark(_toy(tmp_path), str(out), echo=lambda line: None, report_only=True)

@@ -47,6 +47,7 @@ from twist.engine.machine_speed import bare_resnet18_rate
 SCENES_DONE = "scenes.json"
 TIMINGS = "timings.json"
 WALL = "wall.json"
+WALL_KEYS = {"jobs", "threads", "protocols", "seconds"}
 
 
 class TransferError(RuntimeError):
@@ -232,6 +233,10 @@ class Runner:
     def __post_init__(self):
         self.timings = read_json(self.timings_path, dict, {})
         self.walls = read_json(os.path.join(self.output_dir, WALL), list, [])
+        for entry in self.walls:
+            if not isinstance(entry, dict) or set(entry) != WALL_KEYS:
+                raise TransferError(f"'{os.path.join(self.output_dir, WALL)}': expected each invocation as the keys "
+                                    f"{sorted(WALL_KEYS)}, found {entry!r}: remove it, or use another --output-dir")
         self.first_new_wall = len(self.walls)
 
     @property

@@ -66,7 +66,7 @@ def test_the_whole_chain_at_toy_size(tmp_path):
             assert summary["num_trials"] == summary["num_succeeded"] == 2
             miou = summary["metrics"]["mIoU"]
             assert f"| {name} | {miou['mean']:.1f} ± {miou['std']:.1f} |" in text
-    assert "bare ResNet-18 training at 64 px" in text and "2 trials per initialisation" in text
+    assert "(bare ResNet-18 training at 64 px: " in text and "2 trials per initialisation" in text
     # The initialisation's own overrides reached its pretraining, after the section-wide ones.
     saved = yaml.safe_load((out / "pretrain" / "twist" / "config.yaml").read_text())
     assert saved["train"]["log_every"] == 1 and saved["train"]["epochs"] == 1
@@ -98,7 +98,7 @@ def test_the_whole_chain_at_toy_size(tmp_path):
     walls = json.loads((out / "wall.json").read_text())
     ran = [p.name for p in load_benchmark(_toy(tmp_path)).protocols  # in the config's order
            if p.name != "unused" and (p.engine == "mmseg" or detectron2_available())]
-    assert [(w["jobs"], w["threads"], w["protocols"]) for w in walls] == [(2, threads, ran)]
+    assert [(w["jobs"], w["threads"], w["protocols"]) for w in walls] == [(2, threads, ran)] and walls[0]["rate"] > 0
     assert walls[0]["seconds"] > max(timings.values())
     assert (f"in {walls[0]['seconds'] / 60:.0f} minutes of wall-clock time (1 invocation: "
             f"{walls[0]['seconds'] / 60:.0f} minutes, 2 jobs side by side") in text
@@ -122,6 +122,7 @@ def test_the_whole_chain_at_toy_size(tmp_path):
     assert ("**Not finished yet:** frozen_segmentation: wmse; segmentation: wmse; unused: wmse" in partial
             and "| twist |" in partial and "| wmse |" not in partial)
     assert not (out / "pretrain" / "wmse").exists()
+    assert len(json.loads((out / "wall.json").read_text())) == 3  # an invocation that ran nothing adds no time
 
 
 def test_a_benchmark_config_with_a_wrong_key_is_named(tmp_path):
@@ -240,7 +241,7 @@ def test_an_output_folder_in_use_or_with_a_bad_record_is_refused(tmp_path):
         run_benchmark(_toy(tmp_path), str(out), echo=lambda line: None, report_only=True)
     (out / "wall.json").write_text("[3.5]")
     with pytest.raises(TransferError, match=r"wall.json': expected each invocation as the keys \['jobs', "
-                       r"'protocols', 'seconds', 'threads'\], found 3.5"):
+                       r"'protocols', 'rate', 'seconds', 'threads'\], found 3.5"):
         run_benchmark(_toy(tmp_path), str(out), echo=lambda line: None, report_only=True)
     (out / "wall.json").write_text("[")
     with pytest.raises(TransferError, match=r"wall.json' cannot be read"):

@@ -47,7 +47,7 @@ from twist.engine.machine_speed import bare_resnet18_rate
 SCENES_DONE = "scenes.json"
 TIMINGS = "timings.json"
 WALL = "wall.json"
-WALL_KEYS = {"jobs", "threads", "protocols", "seconds"}
+WALL_KEYS = {"jobs", "threads", "rate", "protocols", "seconds"}
 
 
 class TransferError(RuntimeError):
@@ -409,7 +409,7 @@ def bar_chart(rows: list[tuple[str, dict[str, Any]]], metric: str, title: str, p
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.bar(names, means, yerr=stds, capsize=5, color="#4c72b0")
     ax.set_ylabel(f"{metric} (mean ± sample std)")
-    ax.set_title(f"digit scenes, {title.lower()}: {metric}")
+    ax.set_title(f"digit scenes, {metric}\n{title.lower()}", fontsize=10)  # two lines: the titles are long
     for x, (m, s) in enumerate(zip(means, stds)):
         ax.text(x, m + s + 0.5, f"{m:.1f}", ha="center", fontsize=8)
     fig.tight_layout()
@@ -427,15 +427,15 @@ def reported_protocols(bench: Benchmark, chosen: list[Protocol], output_dir: str
     return [p for p in bench.protocols if p in chosen or has_trials(p)]
 
 
-def write_report(bench: Benchmark, protocols: list[Protocol], out_dir: str, command: str, machine: str, rate: float,
-                 took: str, doc: str | None) -> str:
+def write_report(bench: Benchmark, protocols: list[Protocol], out_dir: str, command: str, machine: str, took: str,
+                 doc: str | None) -> str:
     """``OUT/transfer.md`` (and ``doc``): a table and chart per protocol of the initialisations whose
     trials have finished, the initialisations not finished yet, the command, the machine and the time."""
     lines = ["# Transfer in miniature: digit scenes", "",
              f"Mean ± sample standard deviation over {bench.trials} trials per initialisation "
              f"({bench.scenes['train']} train and {bench.scenes['val']} val scenes). Written by", "",
              f"    {command}", "",
-             f"on {machine} (bare ResNet-18 training at 64 px: {rate:.0f} images/s), in {took}.", ""]
+             f"on {machine}, in {took}.", ""]
     charts, pending = [], []
     body: list[str] = []
     for protocol in protocols:
@@ -476,7 +476,8 @@ def describe_invocation(entry: dict[str, Any]) -> str:
     jobs, threads = entry["jobs"], entry["threads"]
     how = (f"{jobs} jobs side by side at {threads} thread{'s' if threads != 1 else ''} each" if jobs > 1
            else f"1 job at {threads} thread{'s' if threads != 1 else ''}")
-    return f"{entry['seconds'] / 60:.0f} minutes, {how}, running {', '.join(entry['protocols'])}"
+    return (f"{entry['seconds'] / 60:.0f} minutes, {how} (bare ResNet-18 training at 64 px: {entry['rate']:.0f} "
+            f"images/s), running {', '.join(entry['protocols'])}")
 
 
 def how_long(timings: dict[str, float], walls: list[dict[str, Any]]) -> str:
@@ -557,11 +558,13 @@ def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Ca
         import torch
 
         runnable = [p for p in chosen if p.engine != "detectron2" or detectron2_available()]
+        rate = 0.0
+        if not report_only:  # the machine's speed as this invocation found it, kept beside its time
+            rate = round(bare_resnet18_rate(steps=5, batch=8, size=64), 1)
+            echo(f"machine: bare ResNet-18 training at 64 px runs at {rate:.0f} images/s here")
         # without --jobs the commands inherit this process's environment, and so its thread count
         runner = Runner(output_dir, echo, threads, {"jobs": side_by_side, "threads": threads or torch.get_num_threads(),
-                                                    "protocols": [p.name for p in runnable]})
-        rate = bare_resnet18_rate(steps=5, batch=8, size=64)
-        echo(f"machine: bare ResNet-18 training at 64 px runs at {rate:.0f} images/s here")
+                                                    "rate": rate, "protocols": [p.name for p in runnable]})
         scenes = make_scenes(bench, os.path.join(output_dir, "data"), echo)
         if len(runnable) < len(chosen):
             echo("detection: skipped, Detectron2 is not installed (see the README's detection section)")
@@ -569,7 +572,7 @@ def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Ca
             run_chains(bench, runnable, runner, scenes, jobs)
         return write_report(bench, reported_protocols(bench, chosen, output_dir), output_dir,
                             command or f"python -m twist.transfer.benchmark --config {config} --output-dir "
-                            f"{output_dir}", machine_description(), rate, how_long(runner.timings, runner.walls), doc)
+                            f"{output_dir}", machine_description(), how_long(runner.timings, runner.walls), doc)
     finally:
         lock.release()
 

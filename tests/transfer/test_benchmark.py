@@ -246,3 +246,9 @@ def test_an_output_folder_in_use_or_with_a_bad_record_is_refused(tmp_path):
     (out / "wall.json").write_text("[")
     with pytest.raises(TransferError, match=r"wall.json' cannot be read"):
         run_benchmark(_toy(tmp_path), str(out), echo=lambda line: None, report_only=True)
+    # --report-only on a folder without trials writes the report and nothing else: no scenes, no time
+    (out / "wall.json").unlink()
+    report = open(run_benchmark(_toy(tmp_path), str(out), echo=lambda line: None, report_only=True)).read()
+    assert "no invocation that ran a step" in report
+    assert "**Not finished yet:** frozen_segmentation: random, twist; segmentation: random, twist" in report
+    assert not (out / "data").exists() and not (out / "wall.json").exists()

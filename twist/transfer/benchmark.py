@@ -215,14 +215,15 @@ class Runner:
     """Runs the steps' commands, each logged to its own file, and stops the benchmark when one fails.
 
     Each finished step's time is added to ``OUT/timings.json`` at once, and this invocation's wall-clock
-    time so far to ``OUT/wall.json`` (one entry per invocation that ran a step, with its jobs, threads
-    and protocols), so that a run over several invocations, killed ones included, reports what it took.
+    time so far to ``OUT/wall.json`` (one entry per invocation that ran a step, with its jobs, threads,
+    the machine's measured speed and its protocols), so that a run over several invocations, killed
+    ones included, reports what it took.
     """
 
     output_dir: str
     echo: Callable[[str], None] = print
     threads: int | None = None   # each command's OMP_NUM_THREADS (None: the environment's)
-    invocation: dict[str, Any] = field(default_factory=dict)  # this one's jobs, threads and protocols
+    invocation: dict[str, Any] = field(default_factory=dict)  # this one's jobs, threads, speed and protocols
 
     timings: dict[str, float] = field(default_factory=dict)
     walls: list[dict[str, Any]] = field(default_factory=list)
@@ -442,7 +443,8 @@ def write_report(bench: Benchmark, protocols: list[Protocol], out_dir: str, comm
         rows = [(init.name, read_summary(os.path.join(out_dir, protocol.name, init.name)))
                 for init in bench.initialisations
                 if os.path.isfile(os.path.join(out_dir, protocol.name, init.name, "summary.json"))]
-        missing = [init.name for init in bench.initialisations if init.name not in dict(rows)]
+        finished = {name for name, _ in rows}
+        missing = [init.name for init in bench.initialisations if init.name not in finished]
         if not rows and protocol.engine == "detectron2" and not detectron2_available():
             body += [f"## {protocol.title}", "", "Not run: Detectron2 is not installed.", ""]
             continue
@@ -565,11 +567,10 @@ def run_benchmark(config: str, output_dir: str, doc: str | None = None, echo: Ca
         # without --jobs the commands inherit this process's environment, and so its thread count
         runner = Runner(output_dir, echo, threads, {"jobs": side_by_side, "threads": threads or torch.get_num_threads(),
                                                     "rate": rate, "protocols": [p.name for p in runnable]})
-        scenes = make_scenes(bench, os.path.join(output_dir, "data"), echo)
         if len(runnable) < len(chosen):
             echo("detection: skipped, Detectron2 is not installed (see the README's detection section)")
         if not report_only:
-            run_chains(bench, runnable, runner, scenes, jobs)
+            run_chains(bench, runnable, runner, make_scenes(bench, os.path.join(output_dir, "data"), echo), jobs)
         return write_report(bench, reported_protocols(bench, chosen, output_dir), output_dir,
                             command or f"python -m twist.transfer.benchmark --config {config} --output-dir "
                             f"{output_dir}", machine_description(), how_long(runner.timings, runner.walls), doc)
